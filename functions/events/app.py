@@ -1,0 +1,103 @@
+"""EventsFunction: Pipelines calls from API Gateway (validate, enqueue) and from EventsQueue (deliver)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import unquote
+
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from cio_relay.cio import get_customerio
+from cio_relay.delivery import process_batch
+from cio_relay.entry import route
+from cio_relay.forwarding import get_forwarder
+from cio_relay.http_api import create_resolver
+from cio_relay.models.email import SearchFilter
+from cio_relay.models.pipelines import (
+    Alias,
+    Batch,
+    Group,
+    Identify,
+    Page,
+    Queued,
+    Screen,
+    Track,
+    delete_person,
+)
+from cio_relay.observability import instrument
+from cio_relay.queues import Queues
+from cio_relay.settings import get_settings
+
+app = create_resolver(title="cio-relay events")
+
+
+@app.post("/v1/identify")
+def identify(call: Annotated[Identify, Body()]) -> Queued:
+    return get_forwarder().accept([call.wire()])
+
+
+@app.post("/v1/track")
+def track(call: Annotated[Track, Body()]) -> Queued:
+    return get_forwarder().accept([call.wire()])
+
+
+@app.post("/v1/page")
+def page(call: Annotated[Page, Body()]) -> Queued:
+    return get_forwarder().accept([call.wire()])
+
+
+@app.post("/v1/screen")
+def screen(call: Annotated[Screen, Body()]) -> Queued:
+    return get_forwarder().accept([call.wire()])
+
+
+@app.post("/v1/group")
+def group(call: Annotated[Group, Body()]) -> Queued:
+    return get_forwarder().accept([call.wire()])
+
+
+@app.post("/v1/alias")
+def alias(call: Annotated[Alias, Body()]) -> Queued:
+    return get_forwarder().accept([call.wire()])
+
+
+@app.post("/v1/batch")
+def batch(body: Annotated[Batch, Body()]) -> Queued:
+    return get_forwarder().accept(body.calls(), batch=True)
+
+
+@app.delete("/v1/customers/<id>")
+def delete_customer(id: Annotated[str, Path(min_length=1, max_length=1024)]) -> Queued:
+    return get_forwarder().accept([delete_person(unquote(id)).wire()])
+
+
+@app.post("/v1/customers")
+def search_people(
+    body: Annotated[SearchFilter, Body()],
+    start: Annotated[str | None, Query(max_length=1024)] = None,
+    limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+) -> dict[str, Any]:
+    return get_customerio().app.search_people(body.filter, start=start, limit=limit)
+
+
+@app.get("/v1/segments")
+def list_segments() -> dict[str, Any]:
+    return get_customerio().app.list_segments()
+
+
+def deliver_batch(event: dict[str, Any], context: LambdaContext) -> Any:
+    settings = get_settings()
+    return process_batch(
+        event,
+        context,
+        deliver=get_forwarder().deliver,
+        settings=settings,
+        queues=Queues(),
+        queue_url=settings.events_queue_url,
+        dlq_url=settings.events_dlq_url,
+    )
+
+
+@instrument
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
+    return route(event, context, api=app.resolve, batch=deliver_batch)

@@ -1,0 +1,113 @@
+"""Pipelines API: one method per call type, strict mode always on, and /v1/batch packing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from cio_relay.cio.transport import Response, Transport
+from cio_relay.credentials import Credentials, CredentialsProvider
+from cio_relay.errors import PayloadTooLarge
+from cio_relay.models.pipelines import MAX_BATCH_BYTES, MAX_CALL_BYTES, PipelinesCall, delete_person
+from cio_relay.settings import Settings
+
+# `{"batch":[` + `]}` around the calls, and one comma between two calls.
+_BATCH_ENVELOPE_BYTES = len(b'{"batch":[]}')
+
+
+def encode(call: dict[str, Any]) -> bytes:
+    return json.dumps(call, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def pack(
+    encoded: Sequence[bytes], *, max_request_bytes: int = MAX_BATCH_BYTES, max_calls: int | None = None
+) -> Iterator[list[int]]:
+    """Group encoded calls (by index, in order) into as few /v1/batch requests as the size limit allows.
+
+    Raises PayloadTooLarge if one call alone exceeds the per-call limit; callers check that first.
+    """
+    group: list[int] = []
+    size = _BATCH_ENVELOPE_BYTES
+    for index, call in enumerate(encoded):
+        if len(call) > MAX_CALL_BYTES:
+            raise PayloadTooLarge(f"call is {len(call)} bytes; the limit is {MAX_CALL_BYTES}", field="batch")
+        extra = len(call) + (1 if group else 0)
+        if group and (size + extra > max_request_bytes or (max_calls and len(group) >= max_calls)):
+            yield group
+            group, size, extra = [], _BATCH_ENVELOPE_BYTES, len(call)
+        group.append(index)
+        size += extra
+    if group:
+        yield group
+
+
+def batch_body(encoded: Iterable[bytes]) -> bytes:
+    return b'{"batch":[' + b",".join(encoded) + b"]}"
+
+
+class PipelinesClient:
+    """identify/track/page/screen/group/alias/batch against cdp(-eu).customer.io with Basic auth.
+
+    Every request carries `X-Strict-Mode: 1`; without it Customer.io answers 200 to invalid payloads
+    and drops them. Calls must already carry their `messageId` (see forwarding), so a call sent again
+    is recognisably the same call.
+    """
+
+    def __init__(self, transport: Transport, credentials: CredentialsProvider, settings: Settings) -> None:
+        self._transport = transport
+        self._credentials = credentials
+        self._settings = settings
+
+    def _post(self, path: str, body: bytes) -> Response:
+        def send(credentials: Credentials) -> Response:
+            return self._transport.request(
+                "POST",
+                f"{self._settings.pipelines_base(credentials.region)}{path}",
+                what=f"POST {path}",
+                headers={"Authorization": credentials.pipelines_authorization(), "X-Strict-Mode": "1"},
+                body=body,
+            )
+
+        return self._credentials.with_refresh(send)
+
+    def send(self, call: dict[str, Any]) -> None:
+        """Send one call to its own endpoint (/v1/<type>)."""
+        self._post(f"/v1/{call['type']}", encode(call))
+
+    def identify(self, call: dict[str, Any]) -> None:
+        self.send({**call, "type": "identify"})
+
+    def track(self, call: dict[str, Any]) -> None:
+        self.send({**call, "type": "track"})
+
+    def page(self, call: dict[str, Any]) -> None:
+        self.send({**call, "type": "page"})
+
+    def screen(self, call: dict[str, Any]) -> None:
+        self.send({**call, "type": "screen"})
+
+    def group(self, call: dict[str, Any]) -> None:
+        self.send({**call, "type": "group"})
+
+    def alias(self, call: dict[str, Any]) -> None:
+        self.send({**call, "type": "alias"})
+
+    def delete_person(self, user_id: str, message_id: str) -> None:
+        """Customer.io has no person DELETE: send the `User Deleted` semantic event."""
+        call = delete_person(user_id).wire()
+        call["messageId"] = message_id
+        self.send(call)
+
+    def batch_encoded(self, encoded: Sequence[bytes]) -> None:
+        """POST already-encoded calls as one /v1/batch request (the caller packed them with `pack`)."""
+        self._post("/v1/batch", batch_body(encoded))
+
+    def batch(self, calls: Sequence[dict[str, Any] | PipelinesCall]) -> int:
+        """Send calls in as few /v1/batch requests as the limits allow; returns the request count."""
+        encoded = [encode(c.wire() if isinstance(c, PipelinesCall) else c) for c in calls]
+        requests = 0
+        for group in pack(encoded):
+            self.batch_encoded([encoded[i] for i in group])
+            requests += 1
+        return requests

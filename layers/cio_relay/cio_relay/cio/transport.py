@@ -1,0 +1,156 @@
+"""One urllib3 PoolManager per container; statuses, timeouts and dropped connections become errors.py."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
+
+from cio_relay import USER_AGENT
+from cio_relay.errors import (
+    AuthRejected,
+    CustomerIOError,
+    CustomerIOTimeout,
+    Permanent,
+    RateLimited,
+    Retryable,
+)
+
+RETRYABLE_STATUSES = frozenset({408, 429})
+MAX_MESSAGE_CHARS = 500
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    elapsed: float
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else {}
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Retry-After in seconds (delta-seconds or an HTTP date), or None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def error_message(body: bytes) -> str:
+    """Customer.io's own message from `{"meta": {"error"|"errors"}}` and similar shapes."""
+    text = body.decode("utf-8", "replace")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:MAX_MESSAGE_CHARS] or "(empty body)"
+    found: list[str] = []
+    if isinstance(data, dict):
+        meta = data["meta"] if isinstance(data.get("meta"), dict) else data
+        for key in ("error", "errors", "message"):
+            value = meta.get(key)
+            if isinstance(value, str):
+                found.append(value)
+            elif isinstance(value, list):
+                found.extend(str(v.get("message", v)) if isinstance(v, dict) else str(v) for v in value)
+    return ("; ".join(found) or text)[:MAX_MESSAGE_CHARS]
+
+
+def raise_for_status(response: Response, retry_after: str | None, what: str) -> None:
+    status = response.status
+    if 200 <= status < 300:
+        return
+    detail = f"{what}: Customer.io answered {status}: {error_message(response.body)}"
+    if status in (401, 403):
+        raise AuthRejected(detail, status=status)
+    seconds = parse_retry_after(retry_after)
+    if status == 429:
+        raise RateLimited(detail, status=status, retry_after=seconds)
+    if status in RETRYABLE_STATUSES or status >= 500 or status < 200 or 300 <= status < 400:
+        raise Retryable(detail, status=status, retry_after=seconds)
+    raise Permanent(detail, status=status)
+
+
+class Transport:
+    """Sends one request. Never sleeps or retries on its own: backoff belongs to SQS.
+
+    The one exception: a connection that drops before any answer (typically a pooled keep-alive
+    connection the server already closed) is tried once more on a fresh connection. That can repeat
+    a request Customer.io received, which is the at-least-once choice the README documents.
+    """
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        pool: urllib3.PoolManager | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self._pool = pool or urllib3.PoolManager(
+            num_pools=4, maxsize=10, block=False, cert_reqs="CERT_REQUIRED", retries=False
+        )
+        self._clock = clock
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        headers: Mapping[str, str],
+        body: bytes | None = None,
+    ) -> Response:
+        """Raise Retryable/RateLimited/CustomerIOTimeout/AuthRejected/Permanent, or return a 2xx Response."""
+        all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **headers}
+        if body is not None:
+            all_headers["Content-Type"] = "application/json"
+        started = self._clock()
+        for attempt in (1, 2):
+            try:
+                raw = self._pool.request(
+                    method,
+                    url,
+                    body=body,
+                    headers=all_headers,
+                    timeout=self.timeout,
+                    retries=False,
+                    redirect=False,
+                )
+                break
+            except ReadTimeoutError as exc:
+                raise CustomerIOTimeout(
+                    f"{what}: no answer from Customer.io within the read timeout"
+                ) from exc
+            except ProtocolError as exc:
+                if attempt == 2:
+                    raise Retryable(f"{what}: connection dropped by Customer.io ({_kind(exc)})") from exc
+            except HTTPError as exc:  # connect timeout, refused, DNS, TLS
+                raise Retryable(f"{what}: cannot reach Customer.io ({_kind(exc)})") from exc
+        response = Response(status=raw.status, body=raw.data, elapsed=self._clock() - started)
+        raise_for_status(response, raw.headers.get("Retry-After"), what)
+        return response
+
+
+def _kind(exc: Exception) -> str:
+    # The exception class only: urllib3 messages can carry the URL, and URLs never carry keys here,
+    # but a class name is all an operator needs.
+    cause = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], Exception) else exc
+    return type(cause).__name__
+
+
+__all__ = ["CustomerIOError", "Response", "Transport", "parse_retry_after", "raise_for_status"]

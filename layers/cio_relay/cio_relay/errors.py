@@ -1,0 +1,111 @@
+"""The one error family: what went wrong, classified so callers never read HTTP statuses."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Classification(StrEnum):
+    """How DESIGN.md's delivery policy treats a failure."""
+
+    RETRYABLE = "retryable"
+    AUTH = "auth"
+    PERMANENT = "permanent"
+
+
+class CioRelayError(Exception):
+    """Base of every error cio-relay raises on purpose. `message` never holds a credential."""
+
+    code = "error"
+    classification = Classification.PERMANENT
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(CioRelayError):
+    """The caller's input breaks a rule; `field` names the part at fault."""
+
+    code = "invalid_request"
+    status = 400
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.reason = message
+
+
+class PayloadTooLarge(InvalidRequest):
+    """The input exceeds one of Customer.io's size limits."""
+
+    code = "payload_too_large"
+    status = 413
+
+
+class ConfigurationError(CioRelayError):
+    """The relay itself is misconfigured (missing credential, missing queue URL...)."""
+
+    code = "configuration_error"
+    classification = Classification.RETRYABLE
+
+
+class EnqueueFailed(CioRelayError):
+    """SQS did not accept a message, so nothing holds it: the caller must not be told it is queued."""
+
+    code = "enqueue_failed"
+    classification = Classification.RETRYABLE
+
+
+class NotAttempted(CioRelayError):
+    """A record was not sent because the invocation ran short of time; it comes back from the queue."""
+
+    code = "not_attempted"
+    classification = Classification.RETRYABLE
+
+
+class CustomerIOError(CioRelayError):
+    """Customer.io answered with an error, or could not be reached.
+
+    `status` is None when no HTTP answer arrived (timeout, connection error).
+    """
+
+    code = "customerio_error"
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Retryable(CustomerIOError):
+    """429, 408, 5xx, timeouts and connection errors: try again later (SQS backoff)."""
+
+    code = "customerio_unavailable"
+    classification = Classification.RETRYABLE
+
+
+class RateLimited(Retryable):
+    """429 from Customer.io; `retry_after` holds Retry-After in seconds when it was sent."""
+
+    code = "customerio_rate_limited"
+
+
+class CustomerIOTimeout(Retryable):
+    """No answer in time. If the request had been sent, Customer.io may have acted on it (ambiguous)."""
+
+    code = "customerio_timeout"
+
+
+class AuthRejected(CustomerIOError):
+    """401/403: Customer.io refused the relay's credentials."""
+
+    code = "customerio_auth_rejected"
+    classification = Classification.AUTH
+
+
+class Permanent(CustomerIOError):
+    """Any other 4xx: sending the same thing again cannot succeed."""
+
+    code = "customerio_rejected"
+    classification = Classification.PERMANENT

@@ -1,0 +1,138 @@
+"""Pipelines API calls (identify, track, page, screen, group, alias) and /v1/batch bodies."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from cio_relay.models import field_error
+
+MAX_CALL_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500_000  # Customer.io says "500KB"; the decimal reading is the safe one.
+USER_DELETED = "User Deleted"
+
+
+def _identifier(value: object) -> object:
+    # The Pipelines SDKs stringify numeric ids; do the same so a number is not a validation error.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Identifier = Annotated[str, BeforeValidator(_identifier), Field(min_length=1, max_length=1024)]
+Name = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class PipelinesCall(BaseModel):
+    """Fields common to every call. Unknown fields are kept and forwarded as sent."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    type: str
+    user_id: Identifier | None = Field(None, alias="userId")
+    anonymous_id: Identifier | None = Field(None, alias="anonymousId")
+    message_id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(None, alias="messageId")
+    timestamp: str | None = None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _needs_identity(self) -> PipelinesCall:
+        if self.requires_identity() and not (self.user_id or self.anonymous_id):
+            raise field_error("userId", "userId or anonymousId is required")
+        return self
+
+    def requires_identity(self) -> bool:
+        return True
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON body as Customer.io takes it: what the caller sent, plus `type`."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        data["type"] = self.type
+        return data
+
+
+class Identify(PipelinesCall):
+    type: Literal["identify"] = "identify"
+    traits: dict[str, Any] | None = None
+
+
+class Track(PipelinesCall):
+    type: Literal["track"] = "track"
+    event: Name
+    properties: dict[str, Any] | None = None
+
+
+class Page(PipelinesCall):
+    type: Literal["page"] = "page"
+    name: str | None = None
+    properties: dict[str, Any] | None = None
+
+
+class Screen(PipelinesCall):
+    type: Literal["screen"] = "screen"
+    name: str | None = None
+    properties: dict[str, Any] | None = None
+
+
+class Group(PipelinesCall):
+    type: Literal["group"] = "group"
+    group_id: Identifier = Field(alias="groupId")
+    traits: dict[str, Any] | None = None
+
+    def requires_identity(self) -> bool:
+        # DESIGN.md: a group call is identified by its groupId.
+        return False
+
+
+class Alias(PipelinesCall):
+    type: Literal["alias"] = "alias"
+    previous_id: Identifier = Field(alias="previousId")
+    user_id: Identifier = Field(alias="userId")
+
+
+Call = Annotated[Identify | Track | Page | Screen | Group | Alias, Field(discriminator="type")]
+CALL_MODELS: dict[str, type[PipelinesCall]] = {
+    "identify": Identify,
+    "track": Track,
+    "page": Page,
+    "screen": Screen,
+    "group": Group,
+    "alias": Alias,
+}
+
+
+class Batch(BaseModel):
+    """A /v1/batch body. `context` and `integrations` apply to every call in it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    batch: list[Call] = Field(min_length=1, max_length=10_000)
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+
+    def calls(self) -> list[dict[str, Any]]:
+        """Each call's wire body with the batch-level context/integrations folded in (call keys win)."""
+        calls = []
+        for call in self.batch:
+            body = call.wire()
+            for shared in ("context", "integrations"):
+                outer = getattr(self, shared)
+                if outer:
+                    body[shared] = {**outer, **(body.get(shared) or {})}
+            calls.append(body)
+        return calls
+
+
+def delete_person(user_id: str) -> Track:
+    """Customer.io deletes a person through the `User Deleted` semantic event, not a DELETE call."""
+    return Track(userId=user_id, event=USER_DELETED)
+
+
+class Queued(BaseModel):
+    """Answer to a call accepted onto EventsQueue."""
+
+    status: Literal["queued"] = "queued"
+    message_ids: list[str] = Field(description="SQS message ids, one per call")
+    call_ids: list[str] = Field(description="the Pipelines messageId of each call, kept across retries")
