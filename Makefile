@@ -21,8 +21,7 @@ help:
 
 $(STAMP): requirements-dev.txt $(LAYER)/requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	$(BIN)/pip install --quiet -r requirements-dev.txt 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/pip install --quiet -r requirements-dev.txt 2>&1 | { grep -v '^WARNING: Location' || true; }; exit $${PIPESTATUS[0]}
 	$(BIN)/pip check
 	touch $(STAMP)
 
@@ -50,5 +49,28 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
 
+SAM_VENV ?= .venv-sam
+SAM := $(SAM_VENV)/bin/sam
+SAM_CLI_VERSION ?= 1.170.0
+PYTHON313 ?= python3.13
+# pyenv machines select Python 3.13 this way; harmless elsewhere.
+SAM_ENV := PYENV_VERSION=$(or $(PYENV_313),3.13.0) SAM_CLI_TELEMETRY=0
+# The layer's BuildArchitecture; tests/template checks that the functions agree.
+ARCH ?= $(shell sed -n 's/^ *BuildArchitecture: *\([a-z0-9_]*\).*/\1/p' template.yaml)
+
+$(SAM):
+	$(SAM_ENV) $(PYTHON313) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli==$(SAM_CLI_VERSION) 2>&1 | { grep -v '^WARNING: Location' || true; }; exit $${PIPESTATUS[0]}
+	$(SAM) --version
+
+build: $(STAMP) $(SAM)
+	$(SAM_ENV) $(SAM) validate --lint
+	$(SAM_ENV) $(SAM) build
+	$(PY) tests/template/check_build_arch.py $(ARCH)
+
+security: $(STAMP)
+	tests/template/run_checkov.sh
+	$(BIN)/bandit -q -r layers/cio_relay/cio_relay functions tests/local_stack bench
+
 clean:
-	rm -rf $(VENV) .aws-sam .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SAM_VENV) .venv-checkov .aws-sam .mypy_cache .pytest_cache .ruff_cache

@@ -168,11 +168,16 @@ def process_batch(
     outcomes = deliver(records, deadline)
 
     def record_handler(record: SQSRecord) -> None:
+        # The record's log lines (failure_handler runs right after this) carry its messageId.
+        logger.set_correlation_id(record.message_id)
         outcome = outcomes.get(record.message_id, NotAttempted("not attempted in this invocation"))
         if outcome is not None:
             raise outcome
 
     processor = DeliveryProcessor(settings=settings, queues=queues, queue_url=queue_url, dlq_url=dlq_url)
-    return process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
-    )
+    try:
+        return process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+    finally:
+        logger.set_correlation_id(None)

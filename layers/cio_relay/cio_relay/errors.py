@@ -109,3 +109,24 @@ class Permanent(CustomerIOError):
 
     code = "customerio_rejected"
     classification = Classification.PERMANENT
+
+
+class KeyReused(InvalidRequest):
+    """The idempotency key already names a different email: a new email needs a new key."""
+
+    code = "idempotency_key_reused"
+    status = 422
+
+
+class SendInProgress(CioRelayError):
+    """A send with the same idempotency key is running right now; try again shortly."""
+
+    code = "idempotency_in_progress"
+    classification = Classification.RETRYABLE
+
+
+class StoreUnavailable(CioRelayError):
+    """The idempotency table could not be read or written, so the send cannot be made exactly once."""
+
+    code = "idempotency_store_unavailable"
+    classification = Classification.RETRYABLE

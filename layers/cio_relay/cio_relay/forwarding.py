@@ -16,7 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from cio_relay.cio import CustomerIO, get_customerio
 from cio_relay.cio.pipelines import encode, pack
 from cio_relay.delivery import Deadline, Outcomes
-from cio_relay.errors import CustomerIOError, InvalidRequest, NotAttempted, PayloadTooLarge, Permanent
+from cio_relay.errors import CioRelayError, InvalidRequest, NotAttempted, PayloadTooLarge, Permanent
 from cio_relay.models import invalid_request
 from cio_relay.models.pipelines import MAX_BATCH_BYTES, MAX_CALL_BYTES, Batch, Call, Queued
 from cio_relay.observability import count, logger
@@ -65,7 +65,10 @@ def check_conventions(call: dict[str, Any], policy: str, field_name: str = "even
 
 
 def encode_checked(call: dict[str, Any], field_name: str) -> bytes:
-    encoded = encode(call)
+    try:
+        encoded = encode(call)
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800") parses as JSON but is not UTF-8
+        raise InvalidRequest("text must be valid Unicode (no lone surrogates)", field=field_name) from None
     if len(encoded) > MAX_CALL_BYTES:
         raise PayloadTooLarge(
             f"call is {len(encoded)} bytes; Customer.io takes at most {MAX_CALL_BYTES}", field=field_name
@@ -77,7 +80,7 @@ def parse_queue_body(record: SQSRecord) -> list[dict[str, Any]]:
     """An EventsQueue body: one call with its `type`, or `{"batch": [...]}`. Raises InvalidRequest."""
     try:
         data = json.loads(record.body or "")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser allows
         raise InvalidRequest("message body is not valid JSON", field="body") from None
     if not isinstance(data, dict):
         raise InvalidRequest("message body must be a JSON object", field="body")
@@ -118,7 +121,7 @@ class Forwarder:
         call_ids: list[str] = []
         total = 0
         for index, call in enumerate(calls):
-            where = f"batch[{index}]" if batch else "body"
+            where = f"batch.{index}" if batch else "body"
             call.setdefault("messageId", str(uuid.uuid4()))
             check_conventions(call, self._settings.event_name_policy, f"{where}.event" if batch else "event")
             encoded = encode_checked(call, where)
@@ -140,6 +143,7 @@ class Forwarder:
         outcomes: dict[str, BaseException | None] = {}
         pending: list[_Pending] = []
         for record in records:
+            logger.set_correlation_id(record.message_id)
             try:
                 calls = parse_queue_body(record)
                 for call in calls:
@@ -147,6 +151,7 @@ class Forwarder:
                 pending.append(_Pending(record.message_id, [encode_checked(c, "body") for c in calls]))
             except InvalidRequest as exc:
                 outcomes[record.message_id] = exc
+        logger.set_correlation_id(None)
         self._send_packed(pending, outcomes, deadline)
         count("Forwarded", sum(1 for o in outcomes.values() if o is None))
         return outcomes
@@ -176,7 +181,7 @@ class Forwarder:
                 alone.update(owners)
                 self._one_by_one([p for p in pending if p.record_id in owners], outcomes, deadline)
                 sent[index] = None
-            except CustomerIOError as exc:
+            except CioRelayError as exc:  # Customer.io errors, and a secret that cannot be read
                 sent[index] = exc
         groups_of: dict[str, list[int]] = {}
         for index, group in enumerate(groups):
@@ -198,12 +203,13 @@ class Forwarder:
         for item in pending:
             if item.record_id in outcomes:
                 continue
-            if not deadline.allows_request():
-                return
             try:
-                self._cio.pipelines.batch_encoded(item.calls)
+                for group in pack(item.calls):
+                    if not deadline.allows_request():
+                        return
+                    self._cio.pipelines.batch_encoded([item.calls[i] for i in group])
                 outcomes[item.record_id] = None
-            except CustomerIOError as exc:
+            except CioRelayError as exc:
                 outcomes[item.record_id] = exc
 
 

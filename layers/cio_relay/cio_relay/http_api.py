@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from http import HTTPStatus
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
 
 from cio_relay import __version__
 from cio_relay.errors import (
@@ -20,11 +26,33 @@ from cio_relay.errors import (
     Permanent,
     RateLimited,
     Retryable,
+    SendInProgress,
+    StoreUnavailable,
 )
-from cio_relay.models import describe
+from cio_relay.models import TOO_LARGE, describe
 from cio_relay.observability import count, logger
 
 NOT_JSON = {"json_invalid", "unsupported_content_type"}
+# A \uD800-\uDFFF escape: json.loads joins valid surrogate pairs, so only lone ones survive it.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def parse_json(text: str) -> Any:
+    """json.loads, failing only with JSONDecodeError (which Powertools answers as invalid JSON).
+
+    json.loads also raises RecursionError (deep nesting) and ValueError (integers over 4300 digits),
+    and accepts lone surrogates that cannot be encoded as UTF-8 later: all three would be a 500.
+    """
+    try:
+        text.encode()  # a raw lone surrogate
+        value = json.loads(text)
+        if _SURROGATE_ESCAPE.search(text):
+            json.dumps(value, ensure_ascii=False).encode()
+    except json.JSONDecodeError:
+        raise
+    except (ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        raise json.JSONDecodeError(type(exc).__name__, text, 0) from None
+    return value
 
 
 def error_response(
@@ -36,13 +64,30 @@ def error_response(
     )
 
 
-def validation_error(exc: RequestValidationError) -> Response[Any]:
+def is_json(content_type: str | None) -> bool:
+    media_type = (content_type or "application/json").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def unsupported_media_type(exc: Exception | None = None) -> Response[Any]:
+    count("Rejected")
+    return error_response(415, "unsupported_media_type", "the request body must be a JSON object")
+
+
+def validation_error(exc: RequestValidationError, content_type: str | None = None) -> Response[Any]:
     errors = exc.errors()
-    if any(e.get("type") in NOT_JSON for e in errors):
-        return error_response(415, "unsupported_media_type", "the request body must be a JSON object")
+    body_errors = any(str((e.get("loc") or ("",))[0]) == "body" for e in errors)
+    # A form or multipart body (curl -d sends one by default) is parsed by Powertools, not refused.
+    if any(e.get("type") in NOT_JSON for e in errors) or (body_errors and not is_json(content_type)):
+        return unsupported_media_type()
     problems = [dict(zip(("field", "message"), describe(e), strict=True)) for e in errors]
     first = problems[0] if problems else {"field": "body", "message": "invalid"}
     count("Rejected")
+    too_large = [p for p, e in zip(problems, errors, strict=True) if e.get("type") == TOO_LARGE]
+    if too_large:
+        where = too_large[0]
+        message = f"{where['field']}: {where['message']}"
+        return error_response(413, TOO_LARGE, message, field=where["field"], errors=too_large)
     return error_response(
         422,
         "validation_error",
@@ -84,7 +129,11 @@ def upstream_rejected(exc: Permanent) -> Response[Any]:
     return error_response(status, exc.code, exc.message)
 
 
-def unavailable(exc: EnqueueFailed | ConfigurationError) -> Response[Any]:
+def in_progress(exc: SendInProgress) -> Response[Any]:
+    return error_response(409, exc.code, exc.message, {"Retry-After": "1"})
+
+
+def unavailable(exc: EnqueueFailed | ConfigurationError | StoreUnavailable) -> Response[Any]:
     logger.error("relay unavailable", extra={"reason": exc.message})
     return error_response(503, exc.code, exc.message)
 
@@ -98,19 +147,34 @@ def not_found(exc: Exception) -> Response[Any]:
     return error_response(404, "not_found", "no such route")
 
 
+def correlate(app: APIGatewayRestResolver, next_middleware: NextMiddleware) -> Response[Any]:
+    """Every log line of a request carries API Gateway's request id as its correlation id."""
+    logger.set_correlation_id(app.current_event.request_context.request_id)
+    return next_middleware(app)
+
+
 def create_resolver(*, title: str) -> APIGatewayRestResolver:
     """A REST resolver with validation on and every error mapped to DESIGN.md's JSON shape."""
     app = APIGatewayRestResolver(
-        enable_validation=True, response_validation_error_http_code=HTTPStatus.INTERNAL_SERVER_ERROR
+        enable_validation=True,
+        response_validation_error_http_code=HTTPStatus.INTERNAL_SERVER_ERROR,
+        json_body_deserializer=parse_json,
     )
-    app.exception_handler(RequestValidationError)(validation_error)
+    app.use([correlate])
+
+    def on_validation_error(exc: RequestValidationError) -> Response[Any]:
+        return validation_error(exc, app.current_event.headers.get("content-type"))
+
+    app.exception_handler(RequestValidationError)(on_validation_error)
+    app.exception_handler(RequestUnsupportedContentType)(unsupported_media_type)
     app.exception_handler(InvalidRequest)(invalid_request)
     app.exception_handler(RateLimited)(rate_limited)
     app.exception_handler(CustomerIOTimeout)(upstream_timeout)
     app.exception_handler(Retryable)(upstream_unavailable)
     app.exception_handler(AuthRejected)(upstream_auth)
     app.exception_handler(Permanent)(upstream_rejected)
-    app.exception_handler([EnqueueFailed, ConfigurationError])(unavailable)
+    app.exception_handler(SendInProgress)(in_progress)
+    app.exception_handler([EnqueueFailed, ConfigurationError, StoreUnavailable])(unavailable)
     app.exception_handler(CioRelayError)(upstream_rejected_generic)
     app.exception_handler(Exception)(unexpected)
     app.not_found(not_found)

@@ -69,7 +69,8 @@ class Settings(BaseModel):
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from the environment; an invalid value raises ConfigurationError naming it."""
-    source = dict(os.environ if environ is None else environ)
+    # CloudFormation cannot omit a variable, so a blank one means "not set": the default applies.
+    source = {k: v for k, v in (os.environ if environ is None else environ).items() if v.strip()}
     if "CUSTOMERIO_REGION" in source:
         source["CUSTOMERIO_REGION"] = source["CUSTOMERIO_REGION"].strip().lower()
     try:

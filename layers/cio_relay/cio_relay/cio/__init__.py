@@ -9,6 +9,7 @@ from cio_relay.cio.app_api import AppClient
 from cio_relay.cio.pipelines import PipelinesClient
 from cio_relay.cio.transport import Transport
 from cio_relay.credentials import CredentialsProvider, SecretReader
+from cio_relay.observability import record_request
 from cio_relay.settings import Settings, get_settings
 
 
@@ -21,7 +22,11 @@ class CustomerIO:
 
 
 def build_customerio(settings: Settings, secret_reader: SecretReader | None = None) -> CustomerIO:
-    transport = Transport(connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
+    transport = Transport(
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        observer=record_request,
+    )
     credentials = CredentialsProvider(settings, secret_reader)
     return CustomerIO(
         pipelines=PipelinesClient(transport, credentials, settings),

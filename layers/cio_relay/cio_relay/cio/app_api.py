@@ -7,8 +7,12 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
+from pydantic import ValidationError
+
 from cio_relay.cio.transport import Response, Transport
 from cio_relay.credentials import Credentials, CredentialsProvider
+from cio_relay.errors import InvalidRequest
+from cio_relay.models import invalid_request
 from cio_relay.models.email import SendEmail, SendEmailResult
 from cio_relay.settings import Settings
 
@@ -42,6 +46,12 @@ class AppClient:
         return self._credentials.with_refresh(send)
 
     def send_email(self, request: SendEmail | dict[str, Any]) -> SendEmailResult:
+        """A dict is checked against SendEmail first (InvalidRequest names the field) and sent as given."""
+        if not isinstance(request, SendEmail):
+            try:
+                SendEmail.model_validate(request)
+            except ValidationError as exc:
+                raise invalid_request(exc) from None
         body = request.wire() if isinstance(request, SendEmail) else request
         return SendEmailResult.model_validate(self._call("POST", "/v1/send/email", body).json())
 
@@ -49,6 +59,8 @@ class AppClient:
         self, filter: dict[str, Any], *, start: str | None = None, limit: int | None = None
     ) -> dict[str, Any]:
         """One page: `{"identifiers": [...], "ids": [...], "next": "..."}`; pass `next` as `start`."""
+        if limit is not None and not 1 <= limit <= MAX_SEARCH_LIMIT:
+            raise InvalidRequest(f"must be between 1 and {MAX_SEARCH_LIMIT}", field="limit")
         response = self._call("POST", "/v1/customers", {"filter": filter}, {"start": start, "limit": limit})
         page: dict[str, Any] = response.json()
         return page

@@ -6,10 +6,19 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from cio_relay.cio.transport import Response, Transport
 from cio_relay.credentials import Credentials, CredentialsProvider
-from cio_relay.errors import PayloadTooLarge
-from cio_relay.models.pipelines import MAX_BATCH_BYTES, MAX_CALL_BYTES, PipelinesCall, delete_person
+from cio_relay.errors import InvalidRequest, PayloadTooLarge
+from cio_relay.models import describe
+from cio_relay.models.pipelines import (
+    CALL_MODELS,
+    MAX_BATCH_BYTES,
+    MAX_CALL_BYTES,
+    PipelinesCall,
+    delete_person,
+)
 from cio_relay.settings import Settings
 
 # `{"batch":[` + `]}` around the calls, and one comma between two calls.
@@ -18,6 +27,28 @@ _BATCH_ENVELOPE_BYTES = len(b'{"batch":[]}')
 
 def encode(call: dict[str, Any]) -> bytes:
     return json.dumps(call, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_valid(call: dict[str, Any] | PipelinesCall, where: str = "") -> bytes:
+    """A call's wire bytes, checked against its model and the 32 KB limit before anything is sent.
+
+    Raises InvalidRequest / PayloadTooLarge naming the field (prefixed with `where`, e.g. "batch.3.").
+    """
+    if not isinstance(call, PipelinesCall):
+        model = CALL_MODELS.get(str(call.get("type")))
+        if model is None:
+            raise InvalidRequest(f"type must be one of {', '.join(CALL_MODELS)}", field=f"{where}type")
+        try:
+            model.model_validate(call)
+        except ValidationError as exc:
+            field, message = describe(exc.errors()[0])
+            raise InvalidRequest(message, field=f"{where}{field}") from None
+    encoded = encode(call.wire() if isinstance(call, PipelinesCall) else call)
+    if len(encoded) > MAX_CALL_BYTES:
+        raise PayloadTooLarge(
+            f"call is {len(encoded)} bytes; the limit is {MAX_CALL_BYTES}", field=where.rstrip(".") or "body"
+        )
+    return encoded
 
 
 def pack(
@@ -31,7 +62,9 @@ def pack(
     size = _BATCH_ENVELOPE_BYTES
     for index, call in enumerate(encoded):
         if len(call) > MAX_CALL_BYTES:
-            raise PayloadTooLarge(f"call is {len(call)} bytes; the limit is {MAX_CALL_BYTES}", field="batch")
+            raise PayloadTooLarge(
+                f"call is {len(call)} bytes; the limit is {MAX_CALL_BYTES}", field=f"batch.{index}"
+            )
         extra = len(call) + (1 if group else 0)
         if group and (size + extra > max_request_bytes or (max_calls and len(group) >= max_calls)):
             yield group
@@ -72,8 +105,9 @@ class PipelinesClient:
         return self._credentials.with_refresh(send)
 
     def send(self, call: dict[str, Any]) -> None:
-        """Send one call to its own endpoint (/v1/<type>)."""
-        self._post(f"/v1/{call['type']}", encode(call))
+        """Send one call to its own endpoint (/v1/<type>); InvalidRequest/PayloadTooLarge before sending."""
+        encoded = encode_valid(call)
+        self._post(f"/v1/{call['type']}", encoded)
 
     def identify(self, call: dict[str, Any]) -> None:
         self.send({**call, "type": "identify"})
@@ -104,10 +138,13 @@ class PipelinesClient:
         self._post("/v1/batch", batch_body(encoded))
 
     def batch(self, calls: Sequence[dict[str, Any] | PipelinesCall]) -> int:
-        """Send calls in as few /v1/batch requests as the limits allow; returns the request count."""
-        encoded = [encode(c.wire() if isinstance(c, PipelinesCall) else c) for c in calls]
+        """Send calls in as few /v1/batch requests as the limits allow; returns the request count.
+
+        Every call is checked first, so an invalid or oversized one raises before any request is made.
+        """
+        encoded = [encode_valid(c, f"batch.{i}.") for i, c in enumerate(calls)]
         requests = 0
-        for group in pack(encoded):
+        for group in list(pack(encoded)):
             self.batch_encoded([encoded[i] for i in group])
             requests += 1
         return requests

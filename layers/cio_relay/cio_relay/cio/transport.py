@@ -99,12 +99,15 @@ class Transport:
         read_timeout: float,
         pool: urllib3.PoolManager | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        observer: Callable[[float], None] | None = None,
     ) -> None:
+        """`observer` is told the elapsed seconds of every request, answered or not (metrics hook)."""
         self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._pool = pool or urllib3.PoolManager(
             num_pools=4, maxsize=10, block=False, cert_reqs="CERT_REQUIRED", retries=False
         )
         self._clock = clock
+        self._observer = observer
 
     def request(
         self,
@@ -120,18 +123,29 @@ class Transport:
         if body is not None:
             all_headers["Content-Type"] = "application/json"
         started = self._clock()
+        try:
+            raw = self._send(method, url, what=what, headers=all_headers, body=body)
+        finally:
+            if self._observer is not None:
+                self._observer(self._clock() - started)
+        response = Response(status=raw.status, body=raw.data, elapsed=self._clock() - started)
+        raise_for_status(response, raw.headers.get("Retry-After"), what)
+        return response
+
+    def _send(
+        self, method: str, url: str, *, what: str, headers: Mapping[str, str], body: bytes | None
+    ) -> urllib3.BaseHTTPResponse:
         for attempt in (1, 2):
             try:
-                raw = self._pool.request(
+                return self._pool.request(
                     method,
                     url,
                     body=body,
-                    headers=all_headers,
+                    headers=headers,
                     timeout=self.timeout,
                     retries=False,
                     redirect=False,
                 )
-                break
             except ReadTimeoutError as exc:
                 raise CustomerIOTimeout(
                     f"{what}: no answer from Customer.io within the read timeout"
@@ -141,9 +155,7 @@ class Transport:
                     raise Retryable(f"{what}: connection dropped by Customer.io ({_kind(exc)})") from exc
             except HTTPError as exc:  # connect timeout, refused, DNS, TLS
                 raise Retryable(f"{what}: cannot reach Customer.io ({_kind(exc)})") from exc
-        response = Response(status=raw.status, body=raw.data, elapsed=self._clock() - started)
-        raise_for_status(response, raw.headers.get("Retry-After"), what)
-        return response
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 def _kind(exc: Exception) -> str:

@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
-from cio_relay.errors import InvalidRequest
+from cio_relay.errors import InvalidRequest, PayloadTooLarge
 
 # Discriminator tags pydantic puts in error locations; they are not fields a caller sent.
 _TAGS = frozenset({"identify", "track", "page", "screen", "group", "alias", "body"})
+# Labels pydantic puts in a location for the union member that failed (`int`, `constrained-str`,
+# `dict[str,str]`, `function-after[...]`): not fields either.
+_UNION_LABEL = re.compile(r"^(int|float|str|bool|bytes|none|constrained-[a-z]+|[a-z-]+\[.*\])$")
+# The error type of a size limit: the API answers it with 413, the queues raise PayloadTooLarge.
+TOO_LARGE = "payload_too_large"
+
+
+# Deeper JSON than this is refused: pydantic cannot serialise past ~250 levels (it raises ValueError,
+# which would be a 500 or a crashed batch), and no Customer.io payload needs more.
+MAX_NESTING = 64
+
+
+def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether lists/objects in `value` nest deeper than `limit` levels (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def field_error(field: str, message: str) -> PydanticCustomError:
@@ -19,16 +43,24 @@ def field_error(field: str, message: str) -> PydanticCustomError:
     return PydanticCustomError("field_error", message, {"field": field})
 
 
+def too_large(message: str, field: str | None = None) -> PydanticCustomError:
+    """A size-limit error (413), naming the field at fault when the location does not."""
+    return PydanticCustomError(TOO_LARGE, message, {"field": field} if field else None)
+
+
 def describe(error: Any) -> tuple[str, str]:
     """(field, message) of one pydantic error, with locations like `batch.3.userId`."""
     loc: Sequence[Any] = error.get("loc", ())
-    parts = [str(p) for p in loc if str(p) not in _TAGS]
+    parts = [str(p) for p in loc if str(p) not in _TAGS and not _UNION_LABEL.match(str(p))]
     ctx = error.get("ctx") or {}
-    if error.get("type") == "field_error" and ctx.get("field"):
+    if error.get("type") in ("field_error", TOO_LARGE) and ctx.get("field"):
         parts.append(str(ctx["field"]))
     return ".".join(parts) or "body", str(error.get("msg", "invalid"))
 
 
 def invalid_request(exc: ValidationError) -> InvalidRequest:
-    field, message = describe(exc.errors()[0])
-    return InvalidRequest(message, field=field)
+    errors = exc.errors()
+    first = next((e for e in errors if e.get("type") == TOO_LARGE), errors[0])
+    field, message = describe(first)
+    error = PayloadTooLarge if first.get("type") == TOO_LARGE else InvalidRequest
+    return error(message, field=field)

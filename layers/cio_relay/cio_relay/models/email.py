@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import time
 from email.utils import getaddresses
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from cio_relay.models import field_error
+from cio_relay.models import field_error, too_large
 
 MAX_RECIPIENTS = 15
 MAX_ATTACHMENTS_BYTES = 2 * 1024 * 1024  # base64 text as sent
@@ -86,7 +87,7 @@ class SendEmail(BaseModel):
                 raise ValueError(f"attachment {name!r} is not valid base64") from None
             total += len(content)
         if total >= MAX_ATTACHMENTS_BYTES:
-            raise ValueError(f"attachments total {total} bytes; the limit is under {MAX_ATTACHMENTS_BYTES}")
+            raise too_large(f"attachments total {total} bytes; the limit is under {MAX_ATTACHMENTS_BYTES}")
         return value
 
     @field_validator("send_at")
@@ -105,6 +106,10 @@ class SendEmail(BaseModel):
                 "transactional_message_id",
                 "without transactional_message_id, body, subject and from are required",
             )
+        rest = self.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude={"attachments"})
+        size = len(json.dumps(rest, separators=(",", ":")).encode())
+        if size > MAX_PAYLOAD_BYTES:
+            raise too_large(f"{size} bytes without attachments; the limit is {MAX_PAYLOAD_BYTES}")
         return self
 
     def wire(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from cio_relay.models import field_error
+from cio_relay.models import MAX_NESTING, field_error, too_deep
 
 MAX_CALL_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500_000  # Customer.io says "500KB"; the decimal reading is the safe one.
@@ -36,6 +36,14 @@ class PipelinesCall(BaseModel):
     timestamp: str | None = None
     context: dict[str, Any] | None = None
     integrations: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_too_deep(cls, data: Any) -> Any:
+        for key, value in data.items() if isinstance(data, dict) else ():
+            if too_deep(value, MAX_NESTING - 1):
+                raise field_error(str(key), f"JSON nested deeper than {MAX_NESTING} levels")
+        return data
 
     @model_validator(mode="after")
     def _needs_identity(self) -> PipelinesCall:
@@ -111,6 +119,15 @@ class Batch(BaseModel):
     batch: list[Call] = Field(min_length=1, max_length=10_000)
     context: dict[str, Any] | None = None
     integrations: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_too_deep(cls, data: Any) -> Any:
+        # The calls check themselves; the batch-level context is merged into each of them.
+        for key, value in data.items() if isinstance(data, dict) else ():
+            if key != "batch" and too_deep(value, MAX_NESTING - 1):
+                raise field_error(str(key), f"JSON nested deeper than {MAX_NESTING} levels")
+        return data
 
     def calls(self) -> list[dict[str, Any]]:
         """Each call's wire body with the batch-level context/integrations folded in (call keys win)."""

@@ -1,0 +1,201 @@
+"""Fresh-process costs: cold import of each function's handler module against a boto3 baseline, peak RSS."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+from moto.server import ThreadedMotoServer
+
+from bench.fake import APP_KEY, PIPELINES_KEY
+from bench.results import ColdStart
+from tests.support import REGION
+
+ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS = ROOT / "functions"
+
+BASELINE = """
+import time
+t0 = time.perf_counter()
+import boto3
+boto3.client("sqs"); boto3.client("secretsmanager"); boto3.client("dynamodb")
+print(time.perf_counter() - t0)
+"""
+
+IMPORT_HANDLER = """
+import sys, time
+t0 = time.perf_counter()
+import importlib.util
+spec = importlib.util.spec_from_file_location("app", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules["app"] = module
+spec.loader.exec_module(module)
+print(time.perf_counter() - t0)
+"""
+
+# Peak RSS of a fresh process that imports the events handler and handles a 100-record batch twice
+# (the first one is the cold invocation). The secret comes from a moto server in the bench process,
+# so the probe itself imports no moto; on the success path the handler makes no other AWS call.
+# On Linux ru_maxrss of a child counts the parent's RSS at fork/exec (Linux copies the high-water mark
+# of the old address space), so this bench's own ~120 MB would show up; VmHWM is the peak of this
+# process's own address space. ru_maxrss is used only where /proc is missing.
+RSS = """
+import importlib.util, json, resource, sys
+def rss_mb():
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+spec = importlib.util.spec_from_file_location("app", sys.argv[1])
+app = importlib.util.module_from_spec(spec)
+sys.modules["app"] = app
+spec.loader.exec_module(app)
+after_import = rss_mb()
+from bench.workload import events_batch
+from tests.support import LambdaContext
+import contextlib, io
+event = events_batch(int(sys.argv[2]))
+failures = []
+for _ in range(2):
+    with contextlib.redirect_stdout(io.StringIO()):
+        answer = app.lambda_handler(event, LambdaContext())
+    failures += answer["batchItemFailures"]
+print(json.dumps({"after_import_mb": after_import, "peak_mb": rss_mb(), "failures": len(failures)}))
+"""
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The same small environment for every fresh process, like a Lambda container's."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "cio_relay"), str(ROOT)]),
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "POWERTOOLS_SERVICE_NAME": "cio-relay",
+        "POWERTOOLS_METRICS_NAMESPACE": "CioRelay",
+        "NO_PROXY": "127.0.0.1,localhost",
+        **(extra or {}),
+    }
+
+
+def _seconds(code: str, *args: str) -> float:
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"cold-start probe failed: {done.stderr.strip()[-500:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def cold_imports(functions: list[str], runs: int) -> ColdStart:
+    """Median import time of each handler module and of the baseline, interleaved so noise hits all alike.
+
+    One warm-up round first (it also writes the .pyc files a deployed package would ship).
+    """
+    samples: dict[str, list[float]] = {"baseline": [], **{name: [] for name in functions}}
+    for round_ in range(1 + runs):
+        timings = {"baseline": _seconds(BASELINE)}
+        for name in functions:
+            timings[name] = _seconds(IMPORT_HANDLER, str(FUNCTIONS / name / "app.py"))
+        if round_:
+            for key, value in timings.items():
+                samples[key].append(value * 1000)
+    return ColdStart(
+        baseline_ms=statistics.median(samples["baseline"]),
+        handlers_ms={name: statistics.median(samples[name]) for name in functions},
+        runs=runs,
+    )
+
+
+def import_profile(function: str, top: int = 12, max_depth: int = 1) -> list[tuple[int, str]]:
+    """The slowest imports (cumulative microseconds, module) of one handler, from `python -X importtime`."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", IMPORT_HANDLER, str(FUNCTIONS / function / "app.py")],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    rows: list[tuple[int, str]] = []
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "cumulative" in line:
+            continue
+        _, cumulative, name = line.removeprefix("import time:").split("|")
+        depth = (len(name) - len(name.lstrip())) // 2  # one space after "|", then two per level
+        if depth <= max_depth:
+            rows.append((int(cumulative), name.strip()))
+    return sorted(rows, reverse=True)[:top]
+
+
+@contextlib.contextmanager
+def secret_server() -> Iterator[dict[str, str]]:
+    """A moto server on loopback holding the Customer.io secret, and the variables that point at it.
+
+    The RSS probe then reads the secret the way a deployed function does (Powertools parameters,
+    boto3, a Secrets Manager client), so those count towards its memory, not only the handler's.
+    """
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log lines in the report
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        client = boto3.client(
+            "secretsmanager",
+            endpoint_url=endpoint,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        secret = json.dumps({"pipelines_api_key": PIPELINES_KEY, "app_api_key": APP_KEY})
+        arn = client.create_secret(Name="cio-relay/bench", SecretString=secret)["ARN"]
+        yield {"AWS_ENDPOINT_URL": endpoint, "CUSTOMERIO_SECRET_ID": arn}
+    finally:
+        server.stop()
+
+
+def peak_rss(fake_url: str, batch: int, aws: dict[str, str]) -> dict[str, float]:
+    """Peak RSS (MB) of a fresh process after importing the events handler and after two batches."""
+    env = clean_env(
+        {
+            **aws,
+            "CUSTOMERIO_PIPELINES_URL": fake_url,
+            "EVENTS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/cio-relay-events",
+            "EVENTS_DLQ_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/cio-relay-events-dlq",
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", RSS, str(FUNCTIONS / "events" / "app.py"), str(batch)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"RSS probe failed: {done.stderr.strip()[-500:]}")
+    data: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    if data["failures"]:
+        raise RuntimeError(f"RSS probe: the handler reported {data['failures']} failed records")
+    return data

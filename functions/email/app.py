@@ -1,0 +1,58 @@
+"""EmailFunction: transactional email from API Gateway (send now or defer) and from EmailQueue (send)."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.openapi.params import Body, Header
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from cio_relay.delivery import Deadline, Outcomes, process_batch
+from cio_relay.entry import route
+from cio_relay.http_api import create_resolver
+from cio_relay.models.email import Deferred, SendEmail, SendEmailResult
+from cio_relay.observability import instrument
+from cio_relay.queues import Queues
+from cio_relay.settings import get_settings
+from cio_relay.transactional import IDEMPOTENCY_HEADER, deliver, get_mailer
+
+app = create_resolver(title="cio-relay email")
+
+ANSWERS: dict[int, Any] = {
+    200: {"description": "sent", "content": {"application/json": {"model": SendEmailResult}}},
+    202: {"description": "deferred to EmailQueue", "content": {"application/json": {"model": Deferred}}},
+}
+
+
+@app.post("/v1/send/email", responses=ANSWERS)
+def send_email(
+    request: Annotated[SendEmail, Body()],
+    idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
+) -> Response[SendEmailResult | Deferred]:
+    sent = get_mailer().send(request, key=idempotency_key, context=app.lambda_context)
+    status = HTTPStatus.ACCEPTED if isinstance(sent, Deferred) else HTTPStatus.OK
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=sent)
+
+
+def deliver_batch(event: dict[str, Any], context: LambdaContext) -> Any:
+    settings = get_settings()
+
+    def send_records(records: list[SQSRecord], deadline: Deadline) -> Outcomes:
+        return deliver(records, deadline, context=context)
+
+    return process_batch(
+        event,
+        context,
+        deliver=send_records,
+        settings=settings,
+        queues=Queues(),
+        queue_url=settings.email_queue_url,
+        dlq_url=settings.email_dlq_url,
+    )
+
+
+@instrument
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
+    return route(event, context, api=app.resolve, batch=deliver_batch)

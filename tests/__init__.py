@@ -1,0 +1,1 @@
+"""cio-relay tests: unit, integration, reliability, template; fakes under tests/fakes."""
