@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -15,9 +16,11 @@ from pathlib import Path
 from cio_relay import __version__
 
 from bench import relay, sdks, startup
+from bench.child import MotoProcess
 from bench.fake import DEFAULT_LATENCY, FakeProcess
 from bench.report import BATCH_SIZES, render, targets, update_readme
 from bench.results import Results
+from bench.suite import CDP_AGENT, CUSTOMERIO_AGENT, RELAY_AGENT, Contender, take_turns
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_FILE = ROOT / "bench" / "RESULTS.md"
@@ -51,47 +54,63 @@ def versions() -> dict[str, str]:
     return found
 
 
-def measure_sdks(results: Results, fake: FakeProcess, reps: int) -> None:
+def workers(stack: contextlib.ExitStack, results: Results, fake_url: str) -> dict[str, sdks.Worker]:
+    """Install each SDK's venv if needed and start one worker per SDK mode; a failed install is a note."""
+    started: dict[str, sdks.Worker] = {}
+    modes = {
+        "customerio": [("customerio", SDK_EVENTS)],
+        "cdp": [("cdp-batch", max(BATCH_SIZES)), ("cdp-sync", SDK_EVENTS)],
+    }
     for key, sdk in sdks.SDKS.items():
+        say(f"SDK venv {sdk.venv.name}")
         problem = sdks.ensure_venv(sdk)
         if problem:
             results.notes.append(f"{key} SDK not measured: {problem}")
             continue
-        if key == "customerio":
-            say("`customerio` Track client loop")
-            results.customerio, version = sdks.run_loop(sdk, "customerio", fake, SDK_EVENTS, reps=2)
-            results.versions["customerio"] = version
-            continue
-        say("customerio-cdp-analytics, sync_mode=True")
-        results.cdp_sync, version = sdks.run_loop(sdk, "cdp-sync", fake, SDK_EVENTS, reps=2)
-        results.versions["customerio-cdp-analytics"] = version
-        for size in BATCH_SIZES:
-            say(f"customerio-cdp-analytics, batching + flush(), {size} calls")
-            results.cdp_batch[size], _ = sdks.run_loop(sdk, "cdp-batch", fake, size, reps=reps)
+        for mode, max_events in modes[key]:
+            started[mode] = stack.enter_context(sdks.Worker(sdk, mode, fake_url, max_events))
+            package = "customerio" if key == "customerio" else "customerio-cdp-analytics"
+            results.versions[package] = started[mode].version
+    return started
 
 
 def run(latency: float, quick: bool) -> Results:
     reps = 3 if quick else 7
-    relay_reps = {10: 3 * reps, 100: 2 * reps, 1000: reps}
+    relay_reps = {10: reps, 100: 2 * reps, 1000: reps}
     results = Results(
         date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         machine=machine(),
         versions=versions(),
         latency_ms=latency * 1000,
     )
-    with FakeProcess(latency) as fake:
-        with relay.relay_stack(fake):
-            say("cio-relay EventsFunction over SQS batches")
-            results.relay = relay.events_handler(fake, list(BATCH_SIZES), relay_reps)
+    load_at_start = os.getloadavg()[0]
+    with FakeProcess(latency) as fake, MotoProcess() as moto, contextlib.ExitStack() as stack:
+        sdk = workers(stack, results, fake.url)
+        with relay.relay_stack(fake, moto) as stack_env:
+            handler = relay.EventsHandler(list(BATCH_SIZES))
+            for size in BATCH_SIZES:
+                say(f"SQS batch of {size}: cio-relay EventsFunction and CDP batching, taking turns")
+                contenders: list[Contender] = [("cio-relay", RELAY_AGENT, handler.run)]
+                if "cdp-batch" in sdk:
+                    contenders.append(("cdp-batch", CDP_AGENT, sdk["cdp-batch"].run))
+                runs = take_turns(fake, contenders, size, relay_reps[size])
+                results.relay[size] = runs[0]
+                if len(runs) > 1:
+                    results.cdp_batch[size] = runs[1]
             if relay.email_available():
                 say("cio-relay EmailFunction, idempotency on and off")
                 results.email = relay.email_handler(fake, sends=20, reps=reps)
             else:
                 results.notes.append("EmailFunction not measured: functions/email/app.py does not exist yet.")
-        measure_sdks(results, fake, reps)
-        say("peak RSS of a fresh process handling a 100-record batch")
-        with startup.secret_server() as aws:
-            results.rss = startup.peak_rss(fake.url, 100, aws)
+            say("peak RSS of a fresh process handling a 100-record batch")
+            results.rss = startup.peak_rss(stack_env, 100)
+        loops = [(m, a) for m, a in (("customerio", CUSTOMERIO_AGENT), ("cdp-sync", CDP_AGENT)) if m in sdk]
+        if loops:
+            names = " and ".join(mode for mode, _ in loops)
+            say(f"one request per call: {names}, {SDK_EVENTS} calls, taking turns")
+            runs = take_turns(fake, [(m, a, sdk[m].run) for m, a in loops], SDK_EVENTS, 2 if quick else 3)
+            found = dict(zip([m for m, _ in loops], runs, strict=True))
+            results.customerio, results.cdp_sync = found.get("customerio"), found.get("cdp-sync")
     say("CPU floor of the work")
     results.floor_us = relay.cpu_floor(1000, reps)
     functions = [name for name in ("events", "email") if (startup.FUNCTIONS / name / "app.py").exists()]
@@ -104,6 +123,7 @@ def run(latency: float, quick: bool) -> Results:
                 f"{module} {us / 1000:.0f} ms" for us, module in startup.import_profile(name, 8)
             )
             results.notes.append(f"slowest imports of functions/{name}/app.py (-X importtime): {slowest}")
+    results.load_average = (load_at_start, os.getloadavg()[0])
     return results
 
 

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from bench.child import ChildServer
 from tests.fakes.customerio import BATCH_PATH, FakeCustomerIO, RecordedRequest, _Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,14 +37,26 @@ def events_in(record: RecordedRequest) -> int:
     return 1
 
 
-def tally(records: list[RecordedRequest]) -> dict[str, int]:
-    """Requests, events delivered and failed answers, ignoring the bench's own control calls."""
-    counted = [r for r in records if not r.path.startswith(CONTROL_PREFIX)]
-    return {
-        "requests": len(counted),
-        "events": sum(events_in(r) for r in counted),
-        "errors": sum(1 for r in counted if r.status is None or not 200 <= r.status < 300 or r.dropped),
-    }
+def agent(record: RecordedRequest) -> str:
+    """Who sent it: the User-Agent up to its version (`cio-relay`, `analytics-python`, ...)."""
+    return record.headers.get("user-agent", "unknown").split("/", 1)[0].strip() or "unknown"
+
+
+def tally(records: list[RecordedRequest]) -> dict[str, dict[str, int]]:
+    """Per sender: requests, events delivered and failed answers, ignoring the bench's own control calls.
+
+    Counting per User-Agent lets the bench interleave contenders' runs against one fake.
+    """
+    counts: dict[str, dict[str, int]] = {}
+    for record in records:
+        if record.path.startswith(CONTROL_PREFIX):
+            continue
+        mine = counts.setdefault(agent(record), {"requests": 0, "events": 0, "errors": 0})
+        mine["requests"] += 1
+        mine["events"] += events_in(record)
+        failed = record.status is None or not 200 <= record.status < 300 or record.dropped
+        mine["errors"] += int(failed)
+    return counts
 
 
 class BenchFake(FakeCustomerIO):
@@ -102,52 +112,23 @@ def _json_or_none(body: bytes) -> Any:
         return None
 
 
-class FakeProcess:
+class FakeProcess(ChildServer):
     """`python -m bench.fake` as a child process; stats()/reset() over its control calls."""
 
     def __init__(self, latency: float = DEFAULT_LATENCY) -> None:
+        super().__init__("bench.fake", ["--latency", str(latency)])
         self.latency = latency
-        self.url = ""
-        self._proc: subprocess.Popen[str] | None = None
 
-    def __enter__(self) -> FakeProcess:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "cio_relay"), str(ROOT)])}
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.fake", "--latency", str(self.latency)],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the fake Customer.io did not start")
-        self.url = json.loads(line)["url"]
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._proc is None:
-            return
-        assert self._proc.stdin is not None
-        self._proc.stdin.close()  # the child exits when its stdin closes
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-
-    def _control(self, name: str, method: str) -> dict[str, int]:
+    def _control(self, name: str, method: str) -> dict[str, dict[str, int]]:
         request = urllib.request.Request(f"{self.url}{CONTROL_PREFIX}{name}", method=method, data=None)
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            data: dict[str, int] = json.loads(answer.read())
+        # Only ever http://127.0.0.1 (the fake this bench started).
+        with urllib.request.urlopen(request, timeout=10) as answer:  # nosec B310
+            data: dict[str, dict[str, int]] = json.loads(answer.read())
         return data
 
-    def stats(self) -> dict[str, int]:
-        return self._control("stats", "GET")
+    def stats(self, sender: str) -> dict[str, int]:
+        """Requests, events and errors from one User-Agent (see `agent`) since the last reset."""
+        return self._control("stats", "GET").get(sender, {"requests": 0, "events": 0, "errors": 0})
 
     def reset(self) -> None:
         self._control("reset", "POST")

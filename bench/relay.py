@@ -1,7 +1,8 @@
 """cio-relay measured in this process: the EventsFunction and EmailFunction handlers, and the CPU floor.
 
-AWS is moto (mock_aws). On the success path the events handler makes no AWS call at all (SQS is
-called only for failed records), so what is timed is the handler and its Customer.io requests.
+AWS is a moto server in its own process (bench.child.MotoProcess). On the success path the events
+handler makes no AWS call at all (SQS is called only for failed records), so what is timed there is
+the handler and its Customer.io requests; the email handler also calls DynamoDB when idempotency is on.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -21,11 +23,11 @@ from typing import Any
 from aws_lambda_powertools.utilities import parameters
 from cio_relay import cio, forwarding, queues, settings, transactional
 from cio_relay.models.pipelines import Call
-from moto import mock_aws
 from pydantic import TypeAdapter
 
+from bench.child import MOTO_CREDENTIAL, MotoProcess
 from bench.fake import APP_KEY, PIPELINES_KEY, FakeProcess
-from bench.results import Run, median_run
+from bench.results import Run, summarise
 from bench.workload import email_batch, events, events_batch, queue_body
 from tests.conftest import create_stack
 from tests.support import REGION, LambdaContext, load_function
@@ -84,17 +86,22 @@ def reset_layer_caches() -> None:
 
 
 @contextlib.contextmanager
-def relay_stack(fake: FakeProcess) -> Iterator[dict[str, str]]:
-    """moto queues, secret and idempotency table, and the environment template.yaml would set."""
+def relay_stack(fake: FakeProcess, moto: MotoProcess) -> Iterator[dict[str, str]]:
+    """Queues, secret and idempotency table in the moto server, and the environment template.yaml sets.
+
+    Yields the variables a fresh process needs to run a handler against the same stack.
+    """
     aws = {
+        "AWS_ENDPOINT_URL": moto.url,
         "AWS_DEFAULT_REGION": REGION,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
+        "AWS_ACCESS_KEY_ID": MOTO_CREDENTIAL,
+        "AWS_SECRET_ACCESS_KEY": MOTO_CREDENTIAL,
+        "AWS_SESSION_TOKEN": MOTO_CREDENTIAL,
     }
-    with environment(aws), mock_aws():
+    with environment(aws):
         stack = create_stack(secret={"pipelines_api_key": PIPELINES_KEY, "app_api_key": APP_KEY})
         env = {
+            **aws,
             "CUSTOMERIO_SECRET_ID": stack.secret_arn,
             "CUSTOMERIO_PIPELINES_URL": fake.url,
             "CUSTOMERIO_APP_URL": fake.url,
@@ -112,8 +119,12 @@ def relay_stack(fake: FakeProcess) -> Iterator[dict[str, str]]:
             reset_layer_caches()
 
 
-def check_delivered(fake: FakeProcess, expected_events: int, what: str) -> dict[str, int]:
-    stats = fake.stats()
+RELAY_AGENT = "cio-relay"
+
+
+def check_delivered(fake: FakeProcess, sender: str, expected_events: int, what: str) -> dict[str, int]:
+    """The fake's counts for one sender, after checking every event arrived and nothing failed."""
+    stats = fake.stats(sender)
     if stats["errors"] or stats["events"] != expected_events:
         raise RuntimeError(f"{what}: the fake Customer.io saw {stats}, expected {expected_events} events")
     return stats
@@ -124,27 +135,23 @@ def no_failures(response: Any, what: str) -> None:
         raise RuntimeError(f"{what}: the handler reported failures: {str(response)[:300]}")
 
 
-def events_handler(fake: FakeProcess, batch_sizes: list[int], reps: dict[int, int]) -> dict[int, Run]:
-    """EventsFunction's lambda_handler over SQS batches of each size; one invocation = one run."""
-    app = load_function("events")
-    handler: Callable[[dict[str, Any], Any], Any] = app.lambda_handler
-    # Warm container: settings, secret and the HTTP connection pool exist before the first timed run.
-    _, _, warm = timed(lambda: handler(events_batch(10), LambdaContext()))
-    no_failures(warm, "events warm-up")
-    results: dict[int, Run] = {}
-    for size in batch_sizes:
-        event = events_batch(size)
-        fake.reset()
-        samples = []
-        runs = 1 + reps[size]
-        for index in range(runs):
-            wall, cpu, response = timed(partial(handler, event, LambdaContext(remaining_ms=900_000)))
-            no_failures(response, f"events batch {size}")
-            if index:
-                samples.append((wall, cpu))
-        stats = check_delivered(fake, size * runs, f"cio-relay batch {size}")
-        results[size] = median_run(f"cio-relay {size}", size, samples, stats["requests"] / (size * runs))
-    return results
+class EventsHandler:
+    """EventsFunction's lambda_handler in a warm container; run(n) is one invocation on n SQS records."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        app = load_function("events")
+        self._handler: Callable[[dict[str, Any], Any], Any] = app.lambda_handler
+        self._events = {size: events_batch(size) for size in sizes}
+        # Warm container: settings, the secret and the HTTP connection pool exist before any timed run.
+        _, _, warm = timed(partial(self._handler, events_batch(10), LambdaContext()))
+        no_failures(warm, "events warm-up")
+
+    def run(self, size: int) -> tuple[float, float]:
+        """(wall seconds, CPU seconds) of one invocation."""
+        context = LambdaContext(remaining_ms=900_000)
+        wall, cpu, response = timed(partial(self._handler, self._events[size], context))
+        no_failures(response, f"events batch {size}")
+        return wall, cpu
 
 
 def email_available() -> bool:
@@ -152,29 +159,34 @@ def email_available() -> bool:
 
 
 def email_handler(fake: FakeProcess, sends: int, reps: int) -> dict[str, Run]:
-    """EmailFunction's lambda_handler over an EmailQueue batch, idempotency on (moto DynamoDB) and off."""
+    """EmailFunction's lambda_handler over EmailQueue batches, idempotency on (moto DynamoDB) and off,
+    taking turns like the head-to-head runs."""
     app: ModuleType = load_function("email")
     handler: Callable[[dict[str, Any], Any], Any] = app.lambda_handler
-    results: dict[str, Run] = {}
+    modes = {"on": "false", "off": "true"}
+    samples: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
+    requests = dict.fromkeys(modes, 0)
     offset = 0
-    for mode, disabled in (("on", "false"), ("off", "1")):
-        with environment({"POWERTOOLS_IDEMPOTENCY_DISABLED": disabled}):
-            reset_layer_caches()
+    for index in range(1 + reps):
+        for mode in modes if index % 2 else reversed(modes):
+            # Fresh payloads every run: a repeated key would be answered from the idempotency record.
+            event = email_batch(sends, offset)
+            offset += sends
             fake.reset()
-            samples = []
-            for index in range(1 + reps):
-                # Fresh payloads every run: a repeated key would be answered from the idempotency record.
-                event = email_batch(sends, offset)
-                offset += sends
+            with environment({"POWERTOOLS_IDEMPOTENCY_DISABLED": modes[mode]}), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Powertools warns that disabling idempotency is for tests
                 wall, cpu, response = timed(partial(handler, event, LambdaContext(remaining_ms=900_000)))
-                no_failures(response, f"email idempotency {mode}")
-                if index:
-                    samples.append((wall, cpu))
-            stats = check_delivered(fake, sends * (1 + reps), f"email idempotency {mode}")
-            results[mode] = median_run(
-                f"email idempotency {mode}", sends, samples, stats["requests"] / (sends * (1 + reps))
-            )
-    return results
+            no_failures(response, f"email idempotency {mode}")
+            requests[mode] += check_delivered(fake, RELAY_AGENT, sends, f"email idempotency {mode}")[
+                "requests"
+            ]
+            if index:
+                samples[mode].append((wall, cpu))
+    total = sends * (1 + reps)
+    return {
+        mode: summarise(f"email idempotency {mode}", sends, samples[mode], requests[mode] / total)
+        for mode in modes
+    }
 
 
 def cpu_floor(count: int, reps: int) -> float:

@@ -46,9 +46,10 @@ def _check(
 ) -> Target:
     if at_most is not None:
         goal, passed = f"≤ {at_most:g}{unit}", None if value is None else value <= at_most + 1e-12
-    else:
-        assert at_least is not None
+    elif at_least is not None:
         goal, passed = f"≥ {at_least:g}{unit}", None if value is None else value >= at_least
+    else:
+        raise ValueError("a target needs at_most or at_least")
     return Target(name, goal, value, passed)
 
 
@@ -136,12 +137,17 @@ def _run_row(label: str, run: Run | None) -> str:
 def render(r: Results) -> str:
     """The markdown report: machine and versions, throughput, ratios, email, cold start, targets."""
     versions = ", ".join(f"{name} {version}" for name, version in r.versions.items())
+    load = ""
+    if r.load_average:
+        start, end = r.load_average
+        load = f", 1-minute load average {start:.1f} at the start and {end:.1f} at the end"
     lines = [
         f"### Benchmark results ({r.date})",
         "",
-        f"Machine: {r.machine}. Versions: {versions}.",
-        f"Fake Customer.io on loopback in its own process, {r.latency_ms:g} ms per response. "
-        "Medians of several runs; one run = one handler invocation or one SDK loop over the events.",
+        f"Machine: {r.machine}{load}. Versions: {versions}.",
+        f"Fake Customer.io on loopback in its own process, answering {r.latency_ms:g} ms after each request. "
+        "One run = one handler invocation, or one SDK loop over the calls and its flush(); cio-relay and "
+        "the SDK it is compared with take turns. events/s: fastest of several runs; CPU: median.",
         "",
         "| contender | events per run | events/s | Customer.io requests/event | CPU µs/event |",
         "|---|---:|---:|---:|---:|",

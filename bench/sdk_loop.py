@@ -1,7 +1,9 @@
-"""One SDK loop, run inside that SDK's own venv (stdlib + the SDK only); prints its timings as JSON.
+"""An SDK worker, run inside that SDK's own venv (stdlib + the SDK only), one JSON line per message.
 
-stdin: {"sdk": "customerio" | "cdp-sync" | "cdp-batch", "url", "events", "reps", "warmup", keys...}
-stdout: {"version": ..., "runs": [{"events", "wall", "cpu"}, ...]} (warm-up runs are not reported)
+stdin, first line: {"sdk": "customerio" | "cdp-sync" | "cdp-batch", "url", "events", keys...}
+stdout, first line: {"version": ...}
+then for each stdin line {"count": n}: one run over the first n events -> {"wall": s, "cpu": s}
+(the bench interleaves these runs with cio-relay's, so both see the same machine load).
 
 Not imported by the bench itself: the two SDKs both ship customerio/__init__.py, so each lives in
 its own venv and this file is run there as a script.
@@ -99,7 +101,7 @@ class CDPLoop(Loop):
 
 def main() -> None:
     warnings.simplefilter("ignore", DeprecationWarning)  # the CDP SDK calls datetime.utcnow()
-    config: dict[str, Any] = json.load(sys.stdin)
+    config: dict[str, Any] = json.loads(sys.stdin.readline())
     events: list[Event] = config["events"]
     for event in events:
         event["timestamp_dt"] = datetime.fromtimestamp(event["unix_time"], tz=UTC)
@@ -107,16 +109,15 @@ def main() -> None:
     loop: Loop = (
         CustomerIOLoop(config) if sdk == "customerio" else CDPLoop(config, sync_mode=sdk == "cdp-sync")
     )
-    runs = []
-    for index in range(config["warmup"] + config["reps"]):
+    print(json.dumps({"version": loop.version}), flush=True)
+    for line in sys.stdin:
+        batch = events[: json.loads(line)["count"]]
         client = loop.make()
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        loop.send(client, events)
+        loop.send(client, batch)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
         loop.done(client)
-        if index >= config["warmup"]:
-            runs.append({"events": len(events), "wall": wall, "cpu": cpu})
-    json.dump({"version": loop.version, "runs": runs}, sys.stdout)
+        print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
 
 
 if __name__ == "__main__":

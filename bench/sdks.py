@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
+
+# The SDK venvs and workers are subprocesses.
+import subprocess  # nosec B404
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
-from bench.fake import PIPELINES_KEY, SITE_ID, TRACK_KEY, FakeProcess
-from bench.results import Run, median_run
+from bench.fake import PIPELINES_KEY, SITE_ID, TRACK_KEY
 from bench.workload import events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,49 +55,71 @@ def ensure_venv(sdk: SDK) -> str | None:
         [str(sdk.python), "-m", "pip", "install", "--quiet", "-r", str(sdk.requirements)],
     ]
     for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True, timeout=300, check=False)
+        # python -m venv, then pip install -r <the pinned file>.
+        done = subprocess.run(  # nosec B603
+            step, capture_output=True, text=True, timeout=300, check=False
+        )
         if done.returncode != 0:
             return f"could not install {sdk.requirements.name}: {(done.stderr or done.stdout).strip()[-300:]}"
     stamp.write_text(digest)
     return None
 
 
-def run_loop(
-    sdk: SDK, mode: str, fake: FakeProcess, count: int, reps: int, warmup: int = 1
-) -> tuple[Run, str]:
-    """Run one SDK loop `warmup + reps` times over `count` events; returns its median Run and version."""
-    config = {
-        "sdk": mode,
-        "url": fake.url,
-        "events": events(count),
-        "reps": reps,
-        "warmup": warmup,
-        "site_id": SITE_ID,
-        "track_key": TRACK_KEY,
-        "write_key": PIPELINES_KEY,
-    }
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
-    }
-    fake.reset()
-    done = subprocess.run(
-        [str(sdk.python), "-I", str(LOOP_SCRIPT)],
-        input=json.dumps(config),
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-        cwd=HERE,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{mode} loop failed: {done.stderr.strip()[-500:]}")
-    answer = json.loads(done.stdout)
-    total = count * (warmup + reps)
-    stats = fake.stats()
-    if stats["errors"] or stats["events"] != total:
-        raise RuntimeError(f"{mode}: the fake Customer.io saw {stats}, expected {total} events")
-    samples = [(r["wall"], r["cpu"]) for r in answer["runs"]]
-    return median_run(f"{mode} {count}", count, samples, stats["requests"] / total), str(answer["version"])
+class Worker:
+    """One SDK mode in a subprocess of its venv; run(n) times one run over n events (see sdk_loop.py)."""
+
+    def __init__(self, sdk: SDK, mode: str, fake_url: str, max_events: int) -> None:
+        self.mode = mode
+        self._command = [str(sdk.python), "-I", str(LOOP_SCRIPT)]
+        self._config = {
+            "sdk": mode,
+            "url": fake_url,
+            "events": events(max_events),
+            "site_id": SITE_ID,
+            "track_key": TRACK_KEY,
+            "write_key": PIPELINES_KEY,
+        }
+        self.version = ""
+        self._proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> Worker:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+        }
+        # The SDK venv's python running sdk_loop.py.
+        self._proc = subprocess.Popen(  # nosec B603
+            self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=HERE
+        )
+        self.version = str(self._exchange(self._config)["version"])
+        return self
+
+    def _exchange(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self._proc is None or self._proc.stdin is None or self._proc.stdout is None:
+            raise RuntimeError(f"the {self.mode} worker is not running")
+        self._proc.stdin.write(json.dumps(message) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.mode} worker stopped (exit status {self._proc.poll()})")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def run(self, count: int) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of the worker process) of one run over `count` events."""
+        answer = self._exchange({"count": count})
+        return float(answer["wall"]), float(answer["cpu"])
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._proc is None:
+            return
+        if self._proc.stdin:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import statistics
-import subprocess
+
+# Fresh interpreters for cold-start and memory probes.
+import subprocess  # nosec B404
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
-from moto.server import ThreadedMotoServer
-
-from bench.fake import APP_KEY, PIPELINES_KEY
+from bench.child import MOTO_CREDENTIAL
 from bench.results import ColdStart
-from tests.support import REGION
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ROOT / "functions"
@@ -42,8 +37,7 @@ print(time.perf_counter() - t0)
 """
 
 # Peak RSS of a fresh process that imports the events handler and handles a 100-record batch twice
-# (the first one is the cold invocation). The secret comes from a moto server in the bench process,
-# so the probe itself imports no moto; on the success path the handler makes no other AWS call.
+# (the first one is the cold invocation). AWS is the bench's moto server, in another process.
 # On Linux ru_maxrss of a child counts the parent's RSS at fork/exec (Linux copies the high-water mark
 # of the old address space), so this bench's own ~120 MB would show up; VmHWM is the peak of this
 # process's own address space. ru_maxrss is used only where /proc is missing.
@@ -79,8 +73,8 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "cio_relay"), str(ROOT)]),
         "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ACCESS_KEY_ID": MOTO_CREDENTIAL,
+        "AWS_SECRET_ACCESS_KEY": MOTO_CREDENTIAL,
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         "POWERTOOLS_SERVICE_NAME": "cio-relay",
@@ -91,7 +85,8 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _seconds(code: str, *args: str) -> float:
-    done = subprocess.run(
+    # sys.executable running the probe code above.
+    done = subprocess.run(  # nosec B603
         [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
@@ -127,7 +122,8 @@ def cold_imports(functions: list[str], runs: int) -> ColdStart:
 
 def import_profile(function: str, top: int = 12, max_depth: int = 1) -> list[tuple[int, str]]:
     """The slowest imports (cumulative microseconds, module) of one handler, from `python -X importtime`."""
-    done = subprocess.run(
+    # sys.executable running the probe code above.
+    done = subprocess.run(  # nosec B603
         [sys.executable, "-X", "importtime", "-c", IMPORT_HANDLER, str(FUNCTIONS / function / "app.py")],
         capture_output=True,
         text=True,
@@ -147,44 +143,15 @@ def import_profile(function: str, top: int = 12, max_depth: int = 1) -> list[tup
     return sorted(rows, reverse=True)[:top]
 
 
-@contextlib.contextmanager
-def secret_server() -> Iterator[dict[str, str]]:
-    """A moto server on loopback holding the Customer.io secret, and the variables that point at it.
+def peak_rss(stack_env: dict[str, str], batch: int) -> dict[str, float]:
+    """Peak RSS (MB) of a fresh process after importing the events handler and after two batches.
 
-    The RSS probe then reads the secret the way a deployed function does (Powertools parameters,
-    boto3, a Secrets Manager client), so those count towards its memory, not only the handler's.
+    `stack_env` points it at the bench's moto server and fake Customer.io (see relay.relay_stack), so
+    it reads the secret through Powertools parameters and boto3 as a deployed function does.
     """
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log lines in the report
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        client = boto3.client(
-            "secretsmanager",
-            endpoint_url=endpoint,
-            region_name=REGION,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        secret = json.dumps({"pipelines_api_key": PIPELINES_KEY, "app_api_key": APP_KEY})
-        arn = client.create_secret(Name="cio-relay/bench", SecretString=secret)["ARN"]
-        yield {"AWS_ENDPOINT_URL": endpoint, "CUSTOMERIO_SECRET_ID": arn}
-    finally:
-        server.stop()
-
-
-def peak_rss(fake_url: str, batch: int, aws: dict[str, str]) -> dict[str, float]:
-    """Peak RSS (MB) of a fresh process after importing the events handler and after two batches."""
-    env = clean_env(
-        {
-            **aws,
-            "CUSTOMERIO_PIPELINES_URL": fake_url,
-            "EVENTS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/cio-relay-events",
-            "EVENTS_DLQ_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/cio-relay-events-dlq",
-        }
-    )
-    done = subprocess.run(
+    env = clean_env(stack_env)
+    # sys.executable running the probe code above.
+    done = subprocess.run(  # nosec B603
         [sys.executable, "-c", RSS, str(FUNCTIONS / "events" / "app.py"), str(batch)],
         capture_output=True,
         text=True,

@@ -125,9 +125,10 @@ def poll(
         error = exc
     result = Poll(event["Records"], response, error)
     failed = set(result.failed_ids)
-    for record in event["Records"]:
-        if record["messageId"] not in failed:
-            stack.sqs.delete_message(QueueUrl=url, ReceiptHandle=record["receiptHandle"])
+    done = [r["receiptHandle"] for r in event["Records"] if r["messageId"] not in failed]
+    for start in range(0, len(done), 10):
+        entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(done[start : start + 10])]
+        stack.sqs.delete_message_batch(QueueUrl=url, Entries=entries)
     return result
 
 

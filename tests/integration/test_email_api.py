@@ -209,3 +209,19 @@ def test_send_email_without_idempotency_table_is_503_naming_the_variable(
     assert status == 503
     assert "IDEMPOTENCY_TABLE" in answer["message"]
     assert fake_cio.emails == []
+
+
+def test_send_email_too_large_for_the_queue_is_503_when_it_must_be_deferred(
+    stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext
+) -> None:
+    # GIVEN Customer.io is down, and an email whose attachments fit Customer.io (< 2 MB) but not SQS (1 MiB)
+    fake_cio.outage(True)
+    body = {**WELCOME, "attachments": {"report.pdf": base64.b64encode(b"x" * 1_200_000).decode()}}
+
+    # WHEN a caller sends it
+    status, answer = post(body, lambda_context, key="report-1")
+
+    # THEN 503: it could not be sent now and nothing holds it, so the caller must retry
+    assert status == 503
+    assert answer["code"] == "enqueue_failed"
+    assert queued(stack) == []

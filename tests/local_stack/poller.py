@@ -67,7 +67,10 @@ def sqs_record(message: dict[str, Any], queue_arn: str, region: str) -> dict[str
 def failed_ids(invocation: Invocation, batch_ids: set[str]) -> tuple[set[str], str | None]:
     """The ids to leave on the queue, and why the whole batch is left when it is."""
     if invocation.error is not None:
-        return set(batch_ids), f"{type(invocation.error).__name__}: {invocation.error}"
+        first_line = (str(invocation.error).strip().splitlines() or [""])[0]
+        if type(invocation.error).__name__ == "BatchProcessingError":  # Powertools: every record failed
+            first_line = "every record failed (by design the invocation then errors, so Lambda backs off)"
+        return set(batch_ids), f"{type(invocation.error).__name__}: {first_line}"
     result = invocation.result
     if result is None:
         return set(), None
@@ -202,7 +205,9 @@ class QueuePoller:
         )
         lines = [line]
         if outcome.error:
-            lines.append(f"     ! invocation failed, the whole batch stays on the queue: {outcome.error}")
+            lines.append(
+                f"     ! the invocation failed, so the whole batch stays on the queue: {outcome.error}"
+            )
         lines.extend(f"     {line}" for line in summarize(invocation.notes))
         if self.max_receive_count:
             for message in messages:

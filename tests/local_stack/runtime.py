@@ -121,6 +121,7 @@ class Runtime:
         self._current: list[Note] | None = None
         self._capture: _Capture | None = None
         self._handler_level = logging.NOTSET
+        self._metrics: Any = None
         self._cold_start = cold_start.is_cold_start
         self._env_keys = {key for spec in functions for key in spec.environment}
         self.failures: deque[Failure] = deque(maxlen=5000)
@@ -151,6 +152,10 @@ class Runtime:
             finally:
                 invocation.elapsed = time.perf_counter() - started
                 self._current = None
+                if self._metrics is not None:
+                    # With POWERTOOLS_METRICS_DISABLED Powertools never clears its metric set, and
+                    # prints it once it holds 100 values: forget them after each invocation.
+                    self._metrics.clear_metrics()
         return invocation
 
     def last_failure(self, message_id: str) -> Failure | None:
@@ -186,7 +191,7 @@ class Runtime:
     def _attach_capture(self) -> None:
         if self._capture is not None:
             return
-        from cio_relay.observability import logger  # noqa: PLC0415 - the function's env must be set first
+        from cio_relay.observability import logger, metrics  # noqa: PLC0415 - the env must be set first
 
         self._capture = _Capture(self)
         self._handler_level = logger.registered_handler.level
@@ -194,6 +199,7 @@ class Runtime:
         if not self._verbose:
             # The one-line summaries carry the warnings; the JSON log lines stay behind --verbose.
             logger.registered_handler.setLevel(logging.CRITICAL + 1)
+            self._metrics = metrics
             # Powertools prints the ColdStart metric even with POWERTOOLS_METRICS_DISABLED set.
             self._cold_start = cold_start.is_cold_start
             cold_start.is_cold_start = False

@@ -3,8 +3,8 @@
 SandboxCustomerIO is tests.fakes.customerio.FakeCustomerIO (same validation, same answers) plus a
 failure rate per path. SandboxPage serves, on its own port, an auto-refreshing HTML page and the same
 data as JSON (GET /_sandbox/state): every call Customer.io received, every dead-letter message with
-its reason, and the depth of every queue. POST /_sandbox/chaos, /_sandbox/outage and /_sandbox/reset
-change the sandbox while it runs.
+its reason, and the depth of every queue. POST /_sandbox/chaos, /_sandbox/fail, /_sandbox/outage and
+/_sandbox/reset change the sandbox while it runs.
 """
 
 from __future__ import annotations
@@ -245,6 +245,14 @@ class SandboxPage:
                 seed=body.get("seed"),
                 kinds=body.get("kinds") or CHAOS_KINDS,
             )
+        elif action == "fail":
+            fault = Fault(
+                status=body.get("status"),
+                retry_after=body.get("retry_after"),
+                delay=float(body.get("delay", 0.0)),
+                drop=bool(body.get("drop", False)),
+            )
+            self.sandbox.fail(str(body.get("path", "*")), *[fault] * int(body.get("count", 1)))
         elif action == "outage":
             self.sandbox.outage(bool(body.get("on", True)))
         elif action == "reset":

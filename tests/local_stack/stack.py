@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, TextIO
 
 import boto3
+import urllib3
 from cio_relay.ops import attribute, peek
 from moto.server import ThreadedMotoServer
 
@@ -128,6 +129,8 @@ class LocalStack:
         self._moto.start()
         host, port = self._moto.get_host_and_port()
         self.moto_url = f"http://{host}:{port}"
+        # moto keeps its state per process, not per server: start from nothing.
+        urllib3.request("POST", f"{self.moto_url}/moto-api/reset")
         self._enter_environment()
         self._clients = {
             name: boto3.client(name, endpoint_url=self.moto_url, region_name=options.region)
@@ -182,6 +185,7 @@ class LocalStack:
             self.runtime.close()
             self.runtime = None
         if self._moto is not None:
+            urllib3.request("POST", f"{self.moto_url}/moto-api/reset")
             self._moto.stop()
             self._moto = None
         self._leave_environment()

@@ -16,7 +16,7 @@ from pydantic import TypeAdapter
 
 from bench.fake import APP_KEY, PIPELINES_KEY, SITE_ID, TRACK_KEY, BenchFake
 from bench.report import TIMES, render, targets, update_readme
-from bench.results import ColdStart, Results, Run
+from bench.results import ColdStart, Results, Run, summarise
 from bench.sdks import SDKS
 from bench.workload import events, events_batch, queue_body
 
@@ -25,8 +25,10 @@ def basic(user: str, password: str = "") -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-def call(fake: BenchFake, method: str, path: str, body: Any = None, auth: str | None = None) -> int:
-    headers = {"Content-Type": "application/json", "X-Strict-Mode": "1"}
+def call(
+    fake: BenchFake, method: str, path: str, body: Any = None, auth: str | None = None, agent: str = "t/1"
+) -> int:
+    headers = {"Content-Type": "application/json", "X-Strict-Mode": "1", "User-Agent": agent}
     if auth:
         headers["Authorization"] = auth
     data = None if body is None else json.dumps(body).encode()
@@ -38,9 +40,9 @@ def call(fake: BenchFake, method: str, path: str, body: Any = None, auth: str | 
         return exc.code
 
 
-def stats(fake: BenchFake) -> dict[str, int]:
+def stats(fake: BenchFake) -> dict[str, dict[str, int]]:
     with urllib.request.urlopen(f"{fake.url}/__bench__/stats", timeout=5) as answer:
-        data: dict[str, int] = json.loads(answer.read())
+        data: dict[str, dict[str, int]] = json.loads(answer.read())
     return data
 
 
@@ -94,20 +96,26 @@ def verdicts(r: Results) -> dict[str, str]:
     return {t.name: t.verdict for t in targets(r)}
 
 
-def test_bench_fake_counts_batch_calls_and_track_api_requests(fake: BenchFake) -> None:
-    # GIVEN a /v1/batch of three calls and two Track API requests (the `customerio` package's shape)
+def test_bench_fake_counts_requests_and_events_per_sender(fake: BenchFake) -> None:
+    # GIVEN a /v1/batch of three calls from cio-relay and two Track API requests from the `customerio` SDK
     batch = {"batch": [{"type": "track", "userId": f"u{i}", "event": "order_completed"} for i in range(3)]}
+    sdk = "Customer.io Python Client/3.2.0"
 
     # WHEN they reach the bench fake
     statuses = [
-        call(fake, "POST", "/v1/batch", batch, basic(PIPELINES_KEY)),
-        call(fake, "PUT", "/api/v1/customers/u1", {"plan": "pro"}, basic(SITE_ID, TRACK_KEY)),
-        call(fake, "POST", "/api/v1/customers/u1/events", {"name": "x"}, basic(SITE_ID, TRACK_KEY)),
+        call(fake, "POST", "/v1/batch", batch, basic(PIPELINES_KEY), agent="cio-relay/0.1.0"),
+        call(fake, "PUT", "/api/v1/customers/u1", {"plan": "pro"}, basic(SITE_ID, TRACK_KEY), agent=sdk),
+        call(
+            fake, "POST", "/api/v1/customers/u1/events", {"name": "x"}, basic(SITE_ID, TRACK_KEY), agent=sdk
+        ),
     ]
 
-    # THEN each is accepted and counted: 3 requests carrying 5 events, no errors
+    # THEN each is accepted and counted under its sender (User-Agent up to the version)
     assert statuses == [200, 200, 200]
-    assert stats(fake) == {"requests": 3, "events": 5, "errors": 0}
+    assert stats(fake) == {
+        "cio-relay": {"requests": 1, "events": 3, "errors": 0},
+        "Customer.io Python Client": {"requests": 2, "events": 2, "errors": 0},
+    }
 
 
 def test_bench_fake_counts_rejected_requests_as_errors_not_events(fake: BenchFake) -> None:
@@ -122,8 +130,8 @@ def test_bench_fake_counts_rejected_requests_as_errors_not_events(fake: BenchFak
     after = stats(fake)
 
     # THEN the 401 is an error and carries no event; control calls are never counted
-    assert before == {"requests": 2, "events": 1, "errors": 1}
-    assert after == {"requests": 0, "events": 0, "errors": 0}
+    assert before == {"t": {"requests": 2, "events": 1, "errors": 1}}
+    assert after == {}
 
 
 def test_workload_is_mixed_identify_track_and_valid_for_cio_relay() -> None:
@@ -251,3 +259,15 @@ def test_sdk_requirements_are_fully_pinned(name: str) -> None:
     assert all("==" in line for line in lines)
     sdk = {"customerio": "customerio==3.2.0", "cdp": "customerio-cdp-analytics==1.1.0"}[name]
     assert sdk in lines
+
+
+def test_summarise_takes_the_fastest_wall_time_and_the_median_cpu_time() -> None:
+    # GIVEN three runs, one slowed down by another process
+    samples = [(0.030, 0.004), (0.045, 0.006), (0.031, 0.005)]
+
+    # WHEN they are summarised
+    measured = summarise("x", 100, samples, 0.01)
+
+    # THEN the fastest run gives events/s and the median gives CPU per event
+    assert measured.wall == pytest.approx(0.030)
+    assert measured.cpu_us_per_event == pytest.approx(50)

@@ -165,7 +165,15 @@ def create_resolver(*, title: str) -> APIGatewayRestResolver:
     def on_validation_error(exc: RequestValidationError) -> Response[Any]:
         return validation_error(exc, app.current_event.headers.get("content-type"))
 
+    def on_value_error(exc: ValueError) -> Response[Any]:
+        # Powertools raises ValueError for a malformed multipart/form-data body (no boundary,
+        # non-Latin-1 text): a body this API does not take, so 415 like any other non-JSON body.
+        if not is_json(app.current_event.headers.get("content-type")):
+            return unsupported_media_type()
+        return unexpected(exc)
+
     app.exception_handler(RequestValidationError)(on_validation_error)
+    app.exception_handler(ValueError)(on_value_error)
     app.exception_handler(RequestUnsupportedContentType)(unsupported_media_type)
     app.exception_handler(InvalidRequest)(invalid_request)
     app.exception_handler(RateLimited)(rate_limited)

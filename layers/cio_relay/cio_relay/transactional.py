@@ -1,4 +1,4 @@
-"""Email logic: send now or defer to EmailQueue, and send queued emails, at most once per idempotency key."""
+"""Email logic: send now or defer to EmailQueue, and send queued emails; one send per idempotency key."""
 
 from __future__ import annotations
 
@@ -93,7 +93,11 @@ def parse_queue_body(record: SQSRecord) -> tuple[SendEmail, str | None]:
 
 
 class Mailer:
-    """Send an email at most once per key: now (API) or from EmailQueue (SQS)."""
+    """Send each email once per idempotency key: now (API) or from EmailQueue (SQS).
+
+    A send whose answer never came (read timeout) is retried, so Customer.io may get it twice:
+    the README's at-least-once choice. Every other repeat is answered from the idempotency record.
+    """
 
     def __init__(
         self,
@@ -113,8 +117,8 @@ class Mailer:
             hash_function="sha256",
             response_hook=_replayed,
         )
-        # Decorated here rather than at import: the table comes from the settings, and the DynamoDB
-        # client is made only when the first email is sent.
+        # Decorated here rather than at import: the table and TTL come from the settings, and
+        # importing the layer creates no AWS client.
         self._send_once: Callable[..., SendEmailResult] = idempotent_function(
             data_keyword_argument="key",
             persistence_store=store,

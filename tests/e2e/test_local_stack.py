@@ -1,0 +1,306 @@
+"""`make run` as a user runs it: a subprocess on ephemeral ports, real HTTP, the sandbox's own view."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import urllib3
+
+from tests.support import REGION, ROOT
+
+START_TIMEOUT = 60
+CHAOS_BUDGET_SECONDS = 60
+
+
+@dataclass
+class RunningStack:
+    process: subprocess.Popen[bytes]
+    log: Path
+    urls: dict[str, str]
+    http: urllib3.PoolManager
+
+    @property
+    def api_url(self) -> str:
+        return self.urls["API_URL"]
+
+    @property
+    def api_key(self) -> str:
+        return self.urls["API_KEY"]
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def call(
+        self, method: str, path: str, body: Any = None, *, key: str | None = "default", **headers: str
+    ) -> Any:
+        sent = {"content-type": "application/json", **headers}
+        if key is not None:
+            sent["x-api-key"] = self.api_key if key == "default" else key
+        return self.http.request(
+            method, self.api_url + path, body=None if body is None else json.dumps(body), headers=sent
+        )
+
+    def state(self) -> dict[str, Any]:
+        answer = self.http.request("GET", self.urls["SANDBOX_URL"] + "/_sandbox/state")
+        assert answer.status == 200
+        data: dict[str, Any] = answer.json()
+        return data
+
+    def sqs(self) -> Any:
+        return boto3.client(
+            "sqs",
+            endpoint_url=self.urls["MOTO_URL"],
+            region_name=REGION,
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
+
+    def queue_url(self, logical_id: str) -> str:
+        return str(next(q["url"] for q in self.state()["queues"] if q["logical_id"] == logical_id))
+
+    def interrupt(self) -> int:
+        """Ctrl-C, as a user stops `make run`."""
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(timeout=30)
+
+
+@contextmanager
+def local_stack(tmp_path: Path, *args: str) -> Iterator[RunningStack]:
+    log = tmp_path / f"local-stack-{uuid.uuid4().hex[:6]}.log"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'layers' / 'cio_relay'}{os.pathsep}{ROOT}"}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.local_stack", "--port", "0", "--sandbox-port", "0", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "READY" not in log.read_text():
+            assert process.poll() is None, f"the local stack exited early:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"the local stack did not start:\n{log.read_text()}"
+            time.sleep(0.1)
+        urls = dict(
+            line.split("=", 1)
+            for line in log.read_text().splitlines()
+            if line.split("=", 1)[0] in ("API_URL", "API_KEY", "SANDBOX_URL", "MOTO_URL", "CUSTOMERIO_URL")
+        )
+        yield RunningStack(process, log, urls, urllib3.PoolManager(retries=False, timeout=30))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def eventually(check: Callable[[], bool], timeout: float, message: Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, message()
+        time.sleep(0.25)
+
+
+def delivered_calls(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every Pipelines call the sandbox accepted, batches expanded."""
+    calls: list[dict[str, Any]] = []
+    for call in state["calls"]:
+        if not call["accepted"] or not isinstance(call["json"], dict):
+            continue
+        if call["path"] == "/v1/batch":
+            calls.extend(call["json"]["batch"])
+        elif call["path"] in (
+            "/v1/identify",
+            "/v1/track",
+            "/v1/page",
+            "/v1/screen",
+            "/v1/group",
+            "/v1/alias",
+        ):
+            calls.append({**call["json"], "type": call["path"].rsplit("/", 1)[-1]})
+    return calls
+
+
+def test_every_operation_goes_through_the_local_stack(tmp_path: Path) -> None:
+    with local_stack(tmp_path) as stack:
+        # GIVEN the stack started as `make run` starts it, printing what a user needs
+        output = stack.output()
+        assert stack.api_key.startswith("local-")
+        assert "curl -sS -X POST" in output
+        assert "EventsQueue -> EventsFunction: batch 100, window 2 s, maxReceiveCount 10" in output
+
+        # WHEN every operation is called over HTTP with the key
+        queued = {
+            "identify": stack.call(
+                "POST", "/v1/identify", {"userId": "u1", "traits": {"email": "ada@example.com"}}
+            ),
+            "track": stack.call("POST", "/v1/track", {"userId": "u1", "event": "order_completed"}),
+            "page": stack.call("POST", "/v1/page", {"userId": "u1", "name": "pricing"}),
+            "screen": stack.call("POST", "/v1/screen", {"anonymousId": "a1", "name": "home"}),
+            "group": stack.call("POST", "/v1/group", {"userId": "u1", "groupId": "acme"}),
+            "alias": stack.call("POST", "/v1/alias", {"previousId": "a1", "userId": "u1"}),
+            "batch": stack.call(
+                "POST",
+                "/v1/batch",
+                {
+                    "batch": [
+                        {"type": "identify", "userId": "u2"},
+                        {"type": "track", "userId": "u2", "event": "signed_up"},
+                    ]
+                },
+            ),
+            "delete": stack.call("DELETE", "/v1/customers/user%203"),
+        }
+        search = stack.call("POST", "/v1/customers?limit=2", {"filter": {"segment": {"id": 1}}})
+        segments = stack.call("GET", "/v1/segments")
+        email = stack.call(
+            "POST",
+            "/v1/send/email",
+            {"transactional_message_id": 7, "to": "ada@example.com", "identifiers": {"id": "u1"}},
+        )
+        no_key = stack.call("POST", "/v1/track", {"userId": "u1", "event": "x"}, key=None)
+        wrong_key = stack.call("POST", "/v1/track", {"userId": "u1", "event": "x"}, key="not-the-key")
+        no_route = stack.call("GET", "/v1/nothing-here")
+        invalid = stack.call("POST", "/v1/track", {"userId": "u1"})
+
+        # THEN queued operations answer 200 with their call ids, synchronous ones answer Customer.io's data
+        for name, answer in queued.items():
+            assert answer.status == 200, (name, answer.data)
+            assert answer.json()["status"] == "queued"
+        call_ids = {i for answer in queued.values() for i in answer.json()["call_ids"]}
+        assert len(call_ids) == 9
+        assert search.status == 200
+        assert [p["id"] for p in search.json()["identifiers"]] == ["user-1", "user-2"]
+        assert segments.status == 200
+        assert [s["name"] for s in segments.json()["segments"]] == ["Active customers", "Beta testers"]
+        assert email.status == 200
+        assert email.json()["delivery_id"].startswith("fake-")
+        # ... and API Gateway's own answers come first, as deployed
+        assert no_key.status == 403
+        assert no_key.json()["message"] == "Forbidden"
+        assert wrong_key.status == 403
+        assert no_route.status == 403
+        assert no_route.json()["message"] == "Missing Authentication Token"
+        assert invalid.status == 422
+        assert invalid.json()["code"] == "validation_error"
+
+        # THEN every queued call reaches the sandbox through the EventsQueue poller, in strict mode
+        eventually(
+            lambda: call_ids <= {c.get("messageId") for c in delivered_calls(stack.state())},
+            20,
+            lambda: f"not delivered; stack output:\n{stack.output()}",
+        )
+        state = stack.state()
+        by_id = {c["messageId"]: c for c in delivered_calls(state)}
+        types = sorted(by_id[i]["type"] for i in call_ids)
+        assert types == [
+            "alias",
+            "group",
+            "identify",
+            "identify",
+            "page",
+            "screen",
+            "track",
+            "track",
+            "track",
+        ]
+        deleted = next(by_id[i] for i in queued["delete"].json()["call_ids"])
+        assert (deleted["event"], deleted["userId"]) == ("User Deleted", "user 3")
+        paths = [(c["method"], c["path"]) for c in state["calls"]]
+        assert ("POST", "/v1/customers") in paths
+        assert ("GET", "/v1/segments") in paths
+        assert [e["json"]["identifiers"] for e in state["emails"]] == [{"id": "u1"}]
+        assert all(c["strict"] for c in state["calls"] if c["path"].startswith("/v1/batch"))
+        assert "authorization" not in json.dumps(state).lower()
+        assert not state["dead_letters"]
+        # ... and the sandbox page shows the same
+        page = stack.http.request("GET", stack.urls["SANDBOX_URL"] + "/")
+        assert page.status == 200
+        assert "Calls Customer.io received" in page.data.decode()
+
+        # WHEN the user presses Ctrl-C
+        code = stack.interrupt()
+
+        # THEN everything stops cleanly, after one log line per request and batch
+        output = stack.output()
+        assert code == 0, output
+        assert output.rstrip().endswith("stopped")
+        assert "API  POST /v1/identify -> EventsFunction 200" in output
+        assert "API  POST /v1/track 403 INVALID_API_KEY" in output
+        assert "SQS  EventsQueue -> EventsFunction:" in output
+        assert "Traceback" not in output
+
+
+def test_chaos_every_message_arrives_or_waits_in_a_dead_letter_queue_with_its_reason(tmp_path: Path) -> None:
+    chaos = ("--chaos", "0.3", "--chaos-path", "/v1/batch=0.6", "--seed", "11")
+    with local_stack(tmp_path, *chaos, "--retry-base", "1", "--retry-cap", "3") as stack:
+        # GIVEN a sandbox that fails 30% of requests, 60% of batches (429, 5xx, drops, slow answers),
+        # and whose next two batches fail for sure
+        assert "chaos: all paths 30%, /v1/batch 60%" in stack.output()
+        control = stack.urls["SANDBOX_URL"] + "/_sandbox/fail"
+        answer = stack.http.request("POST", control, json={"path": "/v1/batch", "status": 503, "count": 2})
+        assert answer.status == 200
+
+        # WHEN events, a batch and emails arrive over HTTP, and two bad messages arrive straight on the queues
+        call_ids: set[str] = set()
+        for i in range(25):
+            answer = stack.call("POST", "/v1/track", {"userId": f"u{i}", "event": "order_completed"})
+            assert answer.status == 200
+            call_ids.update(answer.json()["call_ids"])
+        batch = [{"type": "identify", "userId": f"b{i}", "traits": {"n": i}} for i in range(10)]
+        answer = stack.call("POST", "/v1/batch", {"batch": batch})
+        call_ids.update(answer.json()["call_ids"])
+        recipients = [f"person{i}@example.com" for i in range(6)]
+        for i, to in enumerate(recipients):
+            answer = stack.call(
+                "POST",
+                "/v1/send/email",
+                {"transactional_message_id": 3, "to": to, "identifiers": {"id": f"u{i}"}},
+                **{"Idempotency-Key": f"welcome-{i}"},
+            )
+            assert answer.status in (200, 202), answer.data
+        sqs = stack.sqs()
+        sqs.send_message(QueueUrl=stack.queue_url("EventsQueue"), MessageBody=json.dumps({"type": "track"}))
+        sqs.send_message(QueueUrl=stack.queue_url("EmailQueue"), MessageBody=json.dumps({"identifiers": {}}))
+
+        # THEN, within the budget, every call is delivered or dead-lettered with a reason
+        def settled() -> bool:
+            state = stack.state()
+            delivered = {c.get("messageId") for c in delivered_calls(state)}
+            parked = " ".join(d["body"] for d in state["dead_letters"])
+            sent = {e["json"]["to"] for e in state["emails"]}
+            calls_done = all(i in delivered or i in parked for i in call_ids)
+            emails_done = all(to in sent or to in parked for to in recipients)
+            queues_empty = all(q["visible"] + q["in_flight"] == 0 for q in state["queues"] if q["redrive"])
+            return calls_done and emails_done and len(state["dead_letters"]) >= 2 and queues_empty
+
+        eventually(settled, CHAOS_BUDGET_SECONDS, lambda: f"not settled:\n{stack.output()[-6000:]}")
+        state = stack.state()
+        assert sum(state["customerio"]["faults_injected"].values()) > 0
+        for dead in state["dead_letters"]:
+            assert dead["failure_reason"], dead
+        reasons = {d["queue"]: d for d in state["dead_letters"]}
+        assert reasons["EventsDeadLetterQueue"]["failure_status"] == "400"
+        assert reasons["EmailDeadLetterQueue"]["moved_by"] == "function"
+        # ... no email went out twice, retries and all
+        sent = [e["json"]["to"] for e in state["emails"]]
+        assert len(sent) == len(set(sent))
+
+        # WHEN the user presses Ctrl-C in the middle of it all
+        code = stack.interrupt()
+
+        # THEN the stack still stops cleanly
+        assert code == 0, stack.output()[-3000:]
+        assert "record will be retried" in stack.output()
