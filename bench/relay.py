@@ -177,9 +177,8 @@ def email_handler(fake: FakeProcess, sends: int, reps: int) -> dict[str, Run]:
                 warnings.simplefilter("ignore")  # Powertools warns that disabling idempotency is for tests
                 wall, cpu, response = timed(partial(handler, event, LambdaContext(remaining_ms=900_000)))
             no_failures(response, f"email idempotency {mode}")
-            requests[mode] += check_delivered(fake, RELAY_AGENT, sends, f"email idempotency {mode}")[
-                "requests"
-            ]
+            seen = check_delivered(fake, RELAY_AGENT, sends, f"email idempotency {mode}")
+            requests[mode] += seen["requests"]
             if index:
                 samples[mode].append((wall, cpu))
     total = sends * (1 + reps)

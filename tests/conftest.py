@@ -28,7 +28,7 @@ def reset_caches() -> None:
     cio.get_customerio.cache_clear()
     forwarding.get_forwarder.cache_clear()
     queues.sqs_client.cache_clear()
-    parameters.clear_caches()
+    parameters.clear_caches()  # type: ignore[no-untyped-call]
     try:
         from cio_relay import transactional
 

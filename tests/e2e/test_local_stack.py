@@ -18,6 +18,8 @@ from typing import Any
 import boto3
 import urllib3
 
+from tests.local_stack import LocalStack, Options
+from tests.local_stack.template import Template
 from tests.support import REGION, ROOT
 
 START_TIMEOUT = 60
@@ -244,11 +246,11 @@ def test_every_operation_goes_through_the_local_stack(tmp_path: Path) -> None:
 
 
 def test_chaos_every_message_arrives_or_waits_in_a_dead_letter_queue_with_its_reason(tmp_path: Path) -> None:
-    chaos = ("--chaos", "0.3", "--chaos-path", "/v1/batch=0.6", "--seed", "11")
+    chaos = ("--chaos", "0.3", "--chaos-path", "/v1/batch=0.5", "--seed", "11")
     with local_stack(tmp_path, *chaos, "--retry-base", "1", "--retry-cap", "3") as stack:
-        # GIVEN a sandbox that fails 30% of requests, 60% of batches (429, 5xx, drops, slow answers),
+        # GIVEN a sandbox that fails 30% of requests, half the batches (429, 5xx, drops, slow answers),
         # and whose next two batches fail for sure
-        assert "chaos: all paths 30%, /v1/batch 60%" in stack.output()
+        assert "chaos: all paths 30%, /v1/batch 50%" in stack.output()
         control = stack.urls["SANDBOX_URL"] + "/_sandbox/fail"
         answer = stack.http.request("POST", control, json={"path": "/v1/batch", "status": 503, "count": 2})
         assert answer.status == 200
@@ -291,9 +293,12 @@ def test_chaos_every_message_arrives_or_waits_in_a_dead_letter_queue_with_its_re
         assert sum(state["customerio"]["faults_injected"].values()) > 0
         for dead in state["dead_letters"]:
             assert dead["failure_reason"], dead
-        reasons = {d["queue"]: d for d in state["dead_letters"]}
-        assert reasons["EventsDeadLetterQueue"]["failure_status"] == "400"
-        assert reasons["EmailDeadLetterQueue"]["moved_by"] == "function"
+        # ... the two bad messages were dead-lettered at once by the functions (anything else there was
+        # moved by SQS after maxReceiveCount retries, and carries its last failure as the reason)
+        rejected = {
+            (d["queue"], d["failure_status"]) for d in state["dead_letters"] if d["moved_by"] == "function"
+        }
+        assert rejected == {("EventsDeadLetterQueue", "400"), ("EmailDeadLetterQueue", "400")}
         # ... no email went out twice, retries and all
         sent = [e["json"]["to"] for e in state["emails"]]
         assert len(sent) == len(set(sent))
@@ -304,3 +309,64 @@ def test_chaos_every_message_arrives_or_waits_in_a_dead_letter_queue_with_its_re
         # THEN the stack still stops cleanly
         assert code == 0, stack.output()[-3000:]
         assert "record will be retried" in stack.output()
+
+
+def test_resources_come_from_the_template_and_its_parameters() -> None:
+    # GIVEN the template as the local stack reads it, and one parameter overridden as --param would
+    template = Template(ROOT / "template.yaml")
+    events_queue = template.resources["EventsQueue"]["Properties"]
+
+    # WHEN the stack starts (as a library, no pollers)
+    options = Options(port=0, sandbox_port=0, pollers=False, parameters={"MaxReceiveCount": "7"})
+    with LocalStack(options) as stack:
+        sqs = boto3.client("sqs", endpoint_url=stack.moto_url, region_name=REGION)
+        queue = stack.queues["EventsQueue"]
+        attributes = sqs.get_queue_attributes(QueueUrl=queue.url, AttributeNames=["All"])["Attributes"]
+        dynamodb = boto3.client("dynamodb", endpoint_url=stack.moto_url, region_name=REGION)
+        events = next(f for f in stack.functions if f.logical_id == "EventsFunction")
+        ttl = dynamodb.describe_time_to_live(TableName=events.environment["IDEMPOTENCY_TABLE"])
+        secrets = boto3.client("secretsmanager", endpoint_url=stack.moto_url, region_name=REGION)
+        secret = json.loads(secrets.get_secret_value(SecretId=stack.secret_arn)["SecretString"])
+
+    # THEN moto holds what the template declares, with the parameter applied
+    assert json.loads(attributes["RedrivePolicy"]) == {
+        "deadLetterTargetArn": stack.queues["EventsDeadLetterQueue"].arn,
+        "maxReceiveCount": 7,
+    }
+    assert attributes["VisibilityTimeout"] == str(events_queue["VisibilityTimeout"])
+    assert attributes["MessageRetentionPeriod"] == str(events_queue["MessageRetentionPeriod"])
+    assert ttl["TimeToLiveDescription"]["AttributeName"] == "expiration"
+    # ... the functions see the template's variables, pointed at the local resources
+    assert events.environment["EVENTS_QUEUE_URL"] == queue.url
+    assert events.environment["EVENTS_DLQ_URL"] == stack.queues["EventsDeadLetterQueue"].url
+    assert events.environment["CUSTOMERIO_SECRET_ID"] == stack.secret_arn
+    assert events.environment["POWERTOOLS_SERVICE_NAME"] == "cio-relay-events"
+    assert events.environment["RETRY_BASE_SECONDS"] == "2"
+    # ... and the secret has DESIGN.md's shape, with the sandbox's keys
+    assert set(secret) == {"pipelines_api_key", "app_api_key", "region"}
+
+
+def test_real_credentials_in_the_environment_select_the_real_customerio() -> None:
+    # GIVEN Customer.io credentials in the environment, as DESIGN.md names them
+    environ = {
+        **os.environ,
+        "CUSTOMERIO_PIPELINES_API_KEY": "pk-real-0001",
+        "CUSTOMERIO_APP_TOKEN": "app-real-0002",
+        "CUSTOMERIO_REGION": "eu",
+    }
+
+    # WHEN the stack starts (nothing is sent anywhere: no request is made)
+    options = Options(port=0, sandbox_port=0, pollers=False)
+    with LocalStack(options, environ=environ) as stack:
+        secrets = boto3.client("secretsmanager", endpoint_url=stack.moto_url, region_name=REGION)
+        secret = json.loads(secrets.get_secret_value(SecretId=stack.secret_arn)["SecretString"])
+        banner = stack.banner()
+        env = stack.functions[0].environment
+
+    # THEN there is no sandbox; the functions read the real keys from the secret and use the real hosts
+    assert stack.customerio_mode == "real"
+    assert stack.sandbox is None
+    assert secret == {"pipelines_api_key": "pk-real-0001", "app_api_key": "app-real-0002", "region": "eu"}
+    assert env["CUSTOMERIO_PIPELINES_URL"] == env["CUSTOMERIO_APP_URL"] == ""
+    assert "WARNING: real Customer.io" in banner
+    assert "pk-real-0001" not in banner

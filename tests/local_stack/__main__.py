@@ -120,7 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack = LocalStack(options)
     try:
         stack.start()
-    except (TemplateError, OSError, ValueError) as exc:
+    except OSError as exc:
+        print(
+            f"local stack: cannot start: {exc} (another `make run`? pick ports with --port, --sandbox-port)",
+            file=sys.stderr,
+        )
+        return 1
+    except (TemplateError, ValueError) as exc:
         print(f"local stack: cannot start: {exc}", file=sys.stderr)
         return 1
     try:

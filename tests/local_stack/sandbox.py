@@ -230,9 +230,10 @@ class SandboxPage:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() would wait forever for a server never started
+            self._server.shutdown()
+            self._thread.join(timeout=10)
         self._server.server_close()
-        self._thread.join(timeout=10)
 
     def control(self, action: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST /_sandbox/<action>; raises ValueError on a bad request."""

@@ -25,7 +25,6 @@ from typing import Any, TextIO
 
 import boto3
 import urllib3
-from cio_relay.ops import attribute, peek
 from moto.server import ThreadedMotoServer
 
 from tests.fakes.customerio import CHAOS_KINDS
@@ -175,6 +174,7 @@ class LocalStack:
         """Stop pollers (after their current batch), servers, the sandbox and moto; restore the env."""
         for poller in self.pollers:
             poller.stop()
+        self.pollers = []
         for server in (self._api, self._page):
             if server is not None:
                 server.stop()
@@ -451,6 +451,9 @@ class LocalStack:
         return any(q.dead_letter_arn == queue.arn for q in self.queues.values())
 
     def _dead_letter_messages(self) -> list[dict[str, Any]]:
+        # Imported here: importing the layer creates its Logger, which must see a function's env first.
+        from cio_relay.ops import peek  # noqa: PLC0415
+
         with self._dead_letter_lock:
             taken, cached = self._dead_letters
             if time.monotonic() - taken < DEAD_LETTER_CACHE_SECONDS:
@@ -465,6 +468,8 @@ class LocalStack:
             return rows
 
     def _dead_letter_row(self, queue: Queue, message: Any) -> dict[str, Any]:
+        from cio_relay.ops import attribute  # noqa: PLC0415 - see _dead_letter_messages
+
         reason = attribute(message, "FailureReason")
         row: dict[str, Any] = {
             "queue": queue.logical_id,

@@ -22,7 +22,7 @@ _SECTION = re.compile(r"^## (?P<name>.+?)\n(?P<body>.*?)(?=^## |\Z)", re.S | re.
 _HEADER = (
     "# Reliability figures\n\n"
     "Written by the tests in tests/reliability/ (each run replaces the sections it measured).\n"
-    "README \"Reliability\" quotes these numbers.\n\n"
+    'README "Reliability" quotes these numbers.\n\n'
 )
 
 
@@ -112,7 +112,9 @@ RAW_NASTIES = st.one_of(
         st.sampled_from(["list", "object"]),
     ),
     st.builds(
-        lambda depth, kind: '{"batch":[{"type":"page","userId":"u"}],"context":{"x":' + _nested(depth, kind) + "}}",
+        lambda depth, kind: (
+            '{"batch":[{"type":"page","userId":"u"}],"context":{"x":' + _nested(depth, kind) + "}}"
+        ),
         st.integers(50, 2_000),
         st.sampled_from(["list", "object"]),
     ),
@@ -194,7 +196,9 @@ EMAILS = st.fixed_dictionaries(
 )
 
 # Valid shapes with hostile (but encodable) content, so the fuzzers also reach the delivery path.
-SAFE_SCALARS = st.none() | st.booleans() | st.integers() | EDGE_NUMBERS | st.floats() | st.text(max_size=40) | NASTY_TEXT
+SAFE_SCALARS = (
+    st.none() | st.booleans() | st.integers() | EDGE_NUMBERS | st.floats() | st.text(max_size=40) | NASTY_TEXT
+)
 SAFE_JSON_OBJECT = st.dictionaries(
     st.text(max_size=12),
     st.recursive(

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
-
 from cio_relay import forwarding, transactional
 from cio_relay.errors import InvalidRequest
+from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import strategies as st
+
 from tests.conftest import Stack
 from tests.fakes.customerio import FakeCustomerIO
 from tests.integration import Handler, call_api, poll
@@ -32,7 +32,6 @@ from tests.reliability import (
     CALLS,
     EMAILS,
     JSON,
-    JSON_OBJECT,
     RAW_NASTIES,
     SAFE_JSON_OBJECT,
     TEXT,
@@ -43,9 +42,12 @@ from tests.reliability import (
 )
 from tests.support import LambdaContext, api_event, load_function
 
+# Examples here cost an invocation each: a failure is reported as found (no shrinking, which could
+# run for minutes), and hypothesis' example database replays it first on the next run.
 FUZZ = settings(
     max_examples=120,
     deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,
         HealthCheck.too_slow,
@@ -56,7 +58,7 @@ FUZZ = settings(
 SQS_FUZZ = settings(FUZZ, max_examples=60)
 OUTCOMES: Counter[str] = Counter()
 SQS_BODY_LIMIT = 256 * 1024
-SENT_KEYS: dict[int, set[str]] = {}  # per test run: idempotency keys that reached the fake
+SENT_KEYS: dict[int, dict[str, str]] = {}  # per test run: key -> payload hash of what the fake got
 
 EVENT_BODIES = RAW_NASTIES | st.builds(dumps, CALLS | BATCHES | VALID_CALLS | JSON)
 EMAIL_BODIES = RAW_NASTIES | st.builds(dumps, EMAILS | VALID_EMAILS | JSON)
@@ -64,7 +66,13 @@ CONTENT_TYPES = st.one_of(
     st.sampled_from(["application/json", "application/json; charset=utf-8"]),
     st.just("application/json"),
     st.sampled_from(
-        ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "multipart/form-data; boundary=x", ""]
+        [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+            "multipart/form-data; boundary=x",
+            "",
+        ]
     ),
 )
 EVENT_ROUTES = st.sampled_from(
@@ -91,12 +99,14 @@ def _figures() -> Iterator[None]:
     yield
     api = {k.removeprefix("api "): v for k, v in OUTCOMES.items() if k.startswith("api ")}
     sqs = {k.removeprefix("sqs "): v for k, v in OUTCOMES.items() if k.startswith("sqs ")}
+    statuses = ", ".join(f"{v} x {k}" for k, v in sorted(api.items()))
+    endings = ", ".join(f"{v} {k}" for k, v in sorted(sqs.items()))
     write_figures(
         "Fuzzing: handlers",
         [
-            f"- API requests: {sum(api.values())} ({', '.join(f'{v} × {k}' for k, v in sorted(api.items()))}); "
-            "0 answered 5xx, every error answer was {code, message} JSON.",
-            f"- SQS records: {sum(sqs.values())} ({', '.join(f'{v} {k}' for k, v in sorted(sqs.items()))}); "
+            f"- API requests: {sum(api.values())} ({statuses}); 0 answered 5xx, "
+            "every error answer was {code, message} JSON.",
+            f"- SQS records: {sum(sqs.values())} ({endings}); "
             "0 unhandled exceptions, 0 records left neither delivered, retried nor dead-lettered.",
         ],
     )
@@ -124,11 +134,19 @@ def queue_depth(stack: Stack, url: str) -> int:
 def assert_json_error(status: int, body: Any) -> None:
     assert status < 500, f"5xx for a client's input: {status} {body}"
     if status >= 400:
-        assert isinstance(body, dict) and isinstance(body.get("code"), str) and isinstance(body.get("message"), str)
+        assert isinstance(body, dict)
+        assert isinstance(body.get("code"), str)
+        assert isinstance(body.get("message"), str)
 
 
 def api_request(
-    method: str, path: str, raw: str, content_type: str, base64_body: bool, query: dict[str, str] | None, **kw: Any
+    method: str,
+    path: str,
+    raw: str,
+    content_type: str,
+    base64_body: bool,
+    query: dict[str, str] | None,
+    **kw: Any,
 ) -> dict[str, Any]:
     event = api_event(method, path, raw_body=raw, query=query, headers={"Content-Type": content_type}, **kw)
     if base64_body:
@@ -198,7 +216,11 @@ def test_events_api_never_answers_5xx(
         # AND what it answered queued is exactly what is on the queue
         assert queued == len(answer.body["message_ids"]) == len(answer.body["call_ids"]) >= 1
         assert fake_cio.requests == []
-    elif answer.status >= 400 and answer.body["code"] in ("validation_error", "invalid_request", "payload_too_large"):
+    elif answer.status >= 400 and answer.body["code"] in (
+        "validation_error",
+        "invalid_request",
+        "payload_too_large",
+    ):
         # AND a refused request queued nothing and called nothing
         assert queued == 0
         assert fake_cio.requests == []
@@ -235,7 +257,11 @@ def test_email_api_never_answers_5xx(
     OUTCOMES[f"api {answer.status}"] += 1
     if answer.status == 200:
         assert answer.body["delivery_id"]
-    if answer.status >= 400 and answer.body["code"] in ("validation_error", "invalid_request", "payload_too_large"):
+    if answer.status >= 400 and answer.body["code"] in (
+        "validation_error",
+        "invalid_request",
+        "payload_too_large",
+    ):
         # AND a refused email was neither sent nor deferred
         assert fake_cio.emails == []
         assert queue_depth(stack, stack.email_queue_url) == 0
@@ -256,7 +282,9 @@ def enqueue(stack: Stack, url: str, bodies: list[tuple[str, str | None]]) -> lis
         {
             "Id": str(i),
             "MessageBody": body,
-            "MessageAttributes": {"IdempotencyKey": {"DataType": "String", "StringValue": key}} if key else {},
+            "MessageAttributes": {"IdempotencyKey": {"DataType": "String", "StringValue": key}}
+            if key
+            else {},
         }
         for i, (body, key) in enumerate(bodies)
     ]
@@ -334,14 +362,18 @@ def test_events_queue_records_end_delivered_retried_or_dead_lettered(
         outcomes = [delivered, message_id in retried, message_id in reasons]
         assert sum(outcomes) == 1, f"record {body[:200]!r}: delivered/retried/dead-lettered = {outcomes}"
         if message_id in reasons:
-            assert reasons[message_id]["FailureReason"] and reasons[message_id]["FailureStatus"]
+            assert reasons[message_id]["FailureReason"]
+            assert reasons[message_id]["FailureStatus"]
         OUTCOMES["sqs " + ("delivered" if delivered else "retried" if outcomes[1] else "dead-lettered")] += 1
 
 
 @SQS_FUZZ
 @given(
     items=st.lists(
-        st.tuples(st.one_of(EMAIL_BODIES, st.builds(dumps, VALID_EMAILS)), st.none() | st.text(min_size=1, max_size=300)),
+        st.tuples(
+            st.one_of(EMAIL_BODIES, st.builds(dumps, VALID_EMAILS)),
+            st.none() | st.text(min_size=1, max_size=300),
+        ),
         min_size=1,
         max_size=4,
     ),
@@ -371,24 +403,30 @@ def test_email_queue_records_end_delivered_retried_or_dead_lettered(
 
     # THEN each record ended exactly one way: "delivered" is sent to the fake now, or an idempotent
     # replay of a key an earlier example already sent (then nothing is sent again)
-    already_sent = SENT_KEYS.setdefault(id(stack), set())
+    already_sent = SENT_KEYS.setdefault(id(stack), {})
     sent_now = [json.dumps(e["json"], sort_keys=True) for e in fake_cio.emails]
     for message_id, (body, key) in zip(ids, items, strict=True):
         attributes = {"IdempotencyKey": {"stringValue": key, "dataType": "String"}} if key else {}
-        record = SQSRecord({"messageId": message_id, "body": body, "attributes": {}, "messageAttributes": attributes})
+        record = SQSRecord(
+            {"messageId": message_id, "body": body, "attributes": {}, "messageAttributes": attributes}
+        )
         try:
             request, given_key = transactional.parse_queue_body(record)
-            identity = transactional.send_key(request, given_key, field="IdempotencyKey").key
+            identity = transactional.send_key(request, given_key, field="IdempotencyKey")
             wire = json.dumps(request.wire(), sort_keys=True)
         except InvalidRequest:
             identity, wire = None, None
-        delivered = wire is not None and (wire in sent_now or identity in already_sent)
+        bound = already_sent.get(identity.key) if identity is not None else None
+        replay = identity is not None and bound == identity.payload_hash
+        reused = identity is not None and bound not in (None, identity.payload_hash)  # KeyReused
+        delivered = wire is not None and not reused and (wire in sent_now or replay)
         outcomes = [delivered, message_id in retried, message_id in reasons]
         assert sum(outcomes) == 1, f"record {body[:200]!r}: delivered/retried/dead-lettered = {outcomes}"
         if message_id in reasons:
-            assert reasons[message_id]["FailureReason"] and reasons[message_id]["FailureStatus"]
+            assert reasons[message_id]["FailureReason"]
+            assert reasons[message_id]["FailureStatus"]
         if delivered and identity is not None:
-            already_sent.add(identity)
+            already_sent.setdefault(identity.key, identity.payload_hash)
         OUTCOMES["sqs " + ("delivered" if delivered else "retried" if outcomes[1] else "dead-lettered")] += 1
     # AND no email reached Customer.io that no record asked for
     assert len(fake_cio.emails) <= len(items)

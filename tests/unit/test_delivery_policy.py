@@ -205,3 +205,28 @@ def test_decide_unexpected_error_retries_without_leaking_its_message() -> None:
     assert decision.reason == "unexpected KeyError"
     assert decision.status == "KeyError"
     assert "ada@example.com" not in decision.reason
+
+
+@pytest.mark.parametrize("error", [Retryable("503", status=503), AuthRejected("401", status=401), RuntimeError()])
+def test_decide_last_allowed_receive_dead_letters_with_the_reason(error: BaseException) -> None:
+    # GIVEN the queue's maxReceiveCount is 5 and this is the 5th receive
+    settings = load_settings({"MAX_RECEIVE_COUNT": "5"})
+
+    # WHEN the record fails again
+    decision = decide(error, 5, settings)
+
+    # THEN the function dead-letters it itself, so the DLQ copy says why (SQS's redrive would not)
+    assert decision.action == "dead_letter"
+    assert decision.reason.startswith("gave up after 5 receives: ")
+
+
+def test_decide_before_the_last_receive_still_backs_off() -> None:
+    # GIVEN maxReceiveCount 5 and the 4th receive
+    settings = load_settings({"MAX_RECEIVE_COUNT": "5", "RETRY_BASE_SECONDS": "10"})
+
+    # WHEN a retryable failure happens
+    decision = decide(Retryable("503", status=503), 4, settings)
+
+    # THEN it is retried later, not dead-lettered
+    assert decision.action == "retry"
+    assert decision.delay <= 80

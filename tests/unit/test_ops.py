@@ -420,12 +420,13 @@ def test_dlq_redrive_uses_the_sqs_move_task_when_available() -> None:
 
 
 def test_dlq_urls_come_from_the_stack(aws: None) -> None:
-    # GIVEN a CloudFormation stack with the template's logical ids
+    # GIVEN a CloudFormation stack with the template's logical ids, and an output for the DLQ URL
     template = {
         "Resources": {
             "EventsQueue": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": "s-events"}},
             "EventsDeadLetterQueue": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": "s-events-dlq"}},
-        }
+        },
+        "Outputs": {"EventsDeadLetterQueueUrl": {"Value": {"Ref": "EventsDeadLetterQueue"}}},
     }
     boto3.client("cloudformation", region_name=REGION).create_stack(
         StackName="s", TemplateBody=json.dumps(template)

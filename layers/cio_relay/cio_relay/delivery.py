@@ -69,10 +69,14 @@ def decide(exc: BaseException, receive_count: int, settings: Settings) -> Decisi
     status = failure_status(exc)
     if isinstance(exc, CioRelayError) and exc.classification is Classification.PERMANENT:
         return Decision("dead_letter", 0, reason, status)
+    if settings.max_receive_count and receive_count >= settings.max_receive_count:
+        # This is the last receive SQS allows: dead-letter the record ourselves so it keeps its reason
+        # (a message SQS redrives after maxReceiveCount carries none).
+        return Decision("dead_letter", 0, f"gave up after {receive_count} receives: {reason}", status)
     if isinstance(exc, NotAttempted):
         return Decision("retry", 0, reason, status)
     # Retryable, auth (already re-read and retried once by the client) and anything unexpected:
-    # nothing is dropped, so back off and let maxReceiveCount decide.
+    # nothing is dropped, so back off until the last receive.
     retry_after = exc.retry_after if isinstance(exc, CustomerIOError) else None
     delay = backoff_delay(
         receive_count,

@@ -126,6 +126,19 @@ class Aws:
                 resources[summary["LogicalResourceId"]] = summary.get("PhysicalResourceId", "")
         return resources
 
+    def stack_queue_urls(self, stack: str) -> dict[str, str]:
+        """Queue logical id -> URL from the stack's outputs (`EventsDeadLetterQueueUrl` ...), else its
+        resources (an SQS queue's physical id is its URL)."""
+        described = self.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0]
+        urls = {
+            output["OutputKey"].removesuffix("Url"): output["OutputValue"]
+            for output in described.get("Outputs") or []
+            if output["OutputKey"].endswith("QueueUrl")
+        }
+        if all(logical in urls for pair in QUEUES.values() for logical in pair):
+            return urls
+        return {**self.stack_resources(stack), **urls}
+
     def function_environment(self, name: str) -> dict[str, str]:
         configuration = self.client("lambda").get_function_configuration(FunctionName=name)
         variables: dict[str, str] = (configuration.get("Environment") or {}).get("Variables") or {}
@@ -555,7 +568,7 @@ class QueuePair:
 
 def queue_pairs(args: argparse.Namespace, aws: Aws, environ: Mapping[str, str]) -> dict[str, QueuePair]:
     """Dead-letter queues (and their sources) from flags, else --stack, else the environment."""
-    resources = aws.stack_resources(args.stack) if args.stack else {}
+    resources = aws.stack_queue_urls(args.stack) if args.stack else {}
     pairs: dict[str, QueuePair] = {}
     for name, (source_id, dlq_id) in QUEUES.items():
         prefix = name.upper()

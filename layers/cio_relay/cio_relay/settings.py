@@ -36,6 +36,7 @@ class Settings(BaseModel):
     idempotency_ttl_seconds: int = Field(86_400, ge=60, alias="IDEMPOTENCY_TTL_SECONDS")
     retry_base_seconds: float = Field(30, ge=0, le=43_200, alias="RETRY_BASE_SECONDS")
     retry_cap_seconds: float = Field(3_600, ge=0, le=43_200, alias="RETRY_CAP_SECONDS")
+    max_receive_count: int | None = Field(None, ge=1, le=1000, alias="MAX_RECEIVE_COUNT")
     event_name_policy: Literal["warn", "reject", "off"] = Field("warn", alias="EVENT_NAME_POLICY")
     tracing_enabled: bool = Field(False, alias="TRACING_ENABLED")
     # Local runs only (DESIGN.md): used when CUSTOMERIO_SECRET_ID is unset.
