@@ -30,6 +30,7 @@ settings.register_profile("fuzz-debug", phases=[Phase.explicit, Phase.reuse, Pha
 RETRY_BASE_SECONDS = 0.2
 RETRY_CAP_SECONDS = 2.0
 READ_TIMEOUT_SECONDS = 0.4
+BACKLOG_REFRESH_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class Running:
     invocations: Invocations
     log: LayerLog
     output: io.StringIO
+    _backlog: dict[str, tuple[float, int]] = field(default_factory=dict)
+    _backlog_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def queue_url(self, logical_id: str) -> str:
         return self.stack.queues[logical_id].url
@@ -152,6 +155,21 @@ class Running:
         return int(attributes["ApproximateNumberOfMessages"]), int(
             attributes["ApproximateNumberOfMessagesNotVisible"]
         )
+
+    def backlog(self, logical_id: str) -> int:
+        """Messages on a queue, visible or in flight (cached for a moment: producers ask often)."""
+        with self._backlog_lock:
+            taken, value = self._backlog.get(logical_id, (0.0, 0))
+            if time.monotonic() - taken > BACKLOG_REFRESH_SECONDS:
+                value = sum(self.depth(logical_id))
+                self._backlog[logical_id] = (time.monotonic(), value)
+            return value
+
+    def wait_for_room(self, logical_id: str, limit: int) -> None:
+        """Flow control: moto's SQS scans every message of a queue on each call, so a deep backlog
+        makes each call slower; producers wait while the queue holds `limit` messages or more."""
+        while self.backlog(logical_id) >= limit:
+            time.sleep(BACKLOG_REFRESH_SECONDS)
 
     def dead_letters(self, logical_id: str) -> list[dict[str, Any]]:
         """Every message on a dead-letter queue as {"body", "attributes"} (received, then left to expire)."""

@@ -53,6 +53,17 @@ QUEUE_CALLS = 1_400  # single calls written straight onto EventsQueue (half carr
 QUEUE_BATCHES, QUEUE_BATCH_SIZE = 100, 3  # {"batch": [...]} bodies on EventsQueue
 API_EMAILS = 250  # POST /v1/send/email (most with an Idempotency-Key)
 QUEUE_EMAILS = 750  # straight onto EmailQueue (most with an IdempotencyKey attribute)
+# Flow control: moto's SQS scans the whole queue on every call, so producers keep the backlog short.
+EVENTS_BACKLOG, EMAIL_BACKLOG = 300, 60
+PLANNED = (
+    API_BATCHES * API_BATCH_SIZE
+    + API_SINGLE_CALLS
+    + API_DELETES
+    + QUEUE_CALLS
+    + QUEUE_BATCHES * QUEUE_BATCH_SIZE
+    + API_EMAILS
+    + QUEUE_EMAILS
+)
 CALL_KINDS = ("identify", "track", "page", "screen", "group", "alias")
 
 
@@ -118,6 +129,7 @@ def produce_api_events(running: Running, ledger: Ledger, rng: random.Random) -> 
 
     def post(job: tuple[str, str, Any, list[str]]) -> None:
         method, path, body, sids = job
+        running.wait_for_room("EventsQueue", EVENTS_BACKLOG)
         answer = running.api(method, path, body)
         assert answer.status == 200, (path, answer.status, answer.data[:300])
         call_ids = answer.json()["call_ids"]
@@ -152,16 +164,23 @@ def produce_queue_events(running: Running, ledger: Ledger, rng: random.Random) -
         plans.append([(s, None) for s in sids])
     order = list(range(len(entries)))
     rng.shuffle(order)
-    message_ids = running.send("EventsQueue", [entries[i] for i in order])
-    for message_id, i in zip(message_ids, order, strict=True):
-        for index, (sid, own) in enumerate(plans[i]):
-            # A call queued without a messageId gets one derived from its SQS message (forwarding.py).
-            ledger.event_ids[sid] = own or str(uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{message_id}/{index}"))
+    for start in range(0, len(order), 50):
+        chunk = order[start : start + 50]
+        running.wait_for_room("EventsQueue", EVENTS_BACKLOG)
+        message_ids = running.send("EventsQueue", [entries[i] for i in chunk])
+        with ledger.lock:
+            for message_id, i in zip(message_ids, chunk, strict=True):
+                for index, (sid, own) in enumerate(plans[i]):
+                    # A call queued without a messageId gets one derived from its SQS message id.
+                    ledger.event_ids[sid] = own or str(
+                        uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{message_id}/{index}")
+                    )
 
 
 def produce_api_emails(running: Running, ledger: Ledger) -> None:
     def post(n: int) -> None:
         sid = f"api-mail-{n}"
+        running.wait_for_room("EmailQueue", EMAIL_BACKLOG)
         headers = {"Idempotency-Key": f"soak-key-{sid}"} if n % 5 else {}
         answer = running.api("POST", "/v1/send/email", email(sid, n), **headers)
         assert answer.status in (200, 202), (answer.status, answer.data[:300])
@@ -171,7 +190,7 @@ def produce_api_emails(running: Running, ledger: Ledger) -> None:
             if answer.status == 202:
                 ledger.email_by_queue_message[answer.json()["message_id"]] = sid
 
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(2) as pool:
         list(pool.map(post, range(API_EMAILS)))
 
 
@@ -183,9 +202,13 @@ def produce_queue_emails(running: Running, ledger: Ledger) -> None:
         attributes = {"IdempotencyKey": f"soak-key-{sid}"} if n % 4 else {}
         entries.append((json.dumps(email(sid, 10_000 + n)), attributes))
         sids.append(sid)
-    for message_id, sid in zip(running.send("EmailQueue", entries), sids, strict=True):
-        ledger.email_ids.add(sid)
-        ledger.email_by_queue_message[message_id] = sid
+    for start in range(0, len(entries), 20):
+        running.wait_for_room("EmailQueue", EMAIL_BACKLOG)
+        message_ids = running.send("EmailQueue", entries[start : start + 20])
+        with ledger.lock:
+            for message_id, sid in zip(message_ids, sids[start : start + 20], strict=True):
+                ledger.email_ids.add(sid)
+                ledger.email_by_queue_message[message_id] = sid
 
 
 def produce_poison(running: Running, ledger: Ledger, valid: int) -> None:
@@ -272,7 +295,6 @@ def test_soak_under_faults(start_stack: Callable[..., AbstractContextManager[Run
     """maxReceiveCount is 15 here (template default 10): at ~29 % failed requests, 10 failures in a
     row happen about once in 250,000 chains, 15 once in 130 million; the soak asserts that nothing
     valid is dead-lettered, so it must not depend on that luck. The outage test uses the default."""
-    rng = random.Random(SEED)
     ledger = Ledger()
     with start_stack(parameters={"MaxReceiveCount": MAX_RECEIVE_COUNT}) as running:
         # GIVEN the sandbox Customer.io failing 30 % of requests (20 % with 429) and slowing others
@@ -282,16 +304,16 @@ def test_soak_under_faults(start_stack: Callable[..., AbstractContextManager[Run
         started = time.monotonic()
         with SlowAnswers(running) as slow:
             # WHEN producers send events and emails, through the API and straight onto the queues
-            producers = [
-                threading.Thread(target=produce_api_events, args=(running, ledger, random.Random(SEED + 1))),
-                threading.Thread(target=produce_api_emails, args=(running, ledger)),
-            ]
-            for producer in producers:
-                producer.start()
-            produce_queue_events(running, ledger, random.Random(SEED + 2))
-            produce_queue_emails(running, ledger)
-            for producer in producers:
-                producer.join()
+            with ThreadPoolExecutor(4, thread_name_prefix="producer") as pool:
+                producers = [
+                    pool.submit(produce_api_events, running, ledger, random.Random(SEED + 1)),
+                    pool.submit(produce_api_emails, running, ledger),
+                    pool.submit(produce_queue_events, running, ledger, random.Random(SEED + 2)),
+                    pool.submit(produce_queue_emails, running, ledger),
+                ]
+                for producer in producers:
+                    producer.result(timeout=DEADLINE_SECONDS)  # re-raises a producer's failure
+            assert ledger.valid == PLANNED, f"{ledger.valid} messages produced, {PLANNED} planned"
             produce_poison(running, ledger, ledger.valid)
             produced = time.monotonic()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -42,6 +43,20 @@ SEMANTIC_EVENTS = frozenset(
 # redelivery of that message carries the same messageId.
 MESSAGE_ID_NAMESPACE = uuid.UUID("8b0c1f0e-6c4f-4a53-9d53-6f8f2b0c1e01")
 _CALL = TypeAdapter[Any](Call)
+
+
+def derived_message_id(sqs_message_id: str, index: int) -> str:
+    """str(uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{sqs_message_id}/{index}")), without building UUID objects.
+
+    Same value as uuid5 (RFC 4122 version 5); about a tenth of the handler's CPU on a 100-record batch
+    went into uuid.uuid5 itself.
+    """
+    name = f"{sqs_message_id}/{index}".encode()
+    digest = bytearray(hashlib.sha1(MESSAGE_ID_NAMESPACE.bytes + name, usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def check_conventions(call: dict[str, Any], policy: str, field_name: str = "event") -> None:
@@ -92,7 +107,8 @@ def parse_queue_body(record: SQSRecord) -> list[dict[str, Any]]:
     except ValidationError as exc:
         raise invalid_request(exc) from None
     for index, call in enumerate(calls):
-        call.setdefault("messageId", str(uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{record.message_id}/{index}")))
+        if "messageId" not in call:
+            call["messageId"] = derived_message_id(record.message_id, index)
     return calls
 
 
