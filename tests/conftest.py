@@ -9,6 +9,8 @@ from typing import Any
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities import parameters
+from cio_relay import cio, forwarding, queues, settings, transactional
 from moto import mock_aws
 
 from tests.fakes.customerio import FakeCustomerIO
@@ -20,21 +22,12 @@ APP_KEY = "app-test-key"
 
 def reset_caches() -> None:
     """Forget every per-container cache of the layer (settings, clients, credentials, secrets)."""
-    from aws_lambda_powertools.utilities import parameters
-
-    from cio_relay import cio, forwarding, queues, settings
-
     settings.get_settings.cache_clear()
     cio.get_customerio.cache_clear()
     forwarding.get_forwarder.cache_clear()
     queues.sqs_client.cache_clear()
+    transactional.reset()
     parameters.clear_caches()  # type: ignore[no-untyped-call]
-    try:
-        from cio_relay import transactional
-
-        transactional.reset()
-    except ImportError:
-        pass
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +92,9 @@ class Stack:
     secret_arn: str
     idempotency_table: str
 
-    def receive(self, queue_url: str, *, max_messages: int = 10, visibility: int = 30) -> list[dict[str, Any]]:
+    def receive(
+        self, queue_url: str, *, max_messages: int = 10, visibility: int = 30
+    ) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = self.sqs.receive_message(
             QueueUrl=queue_url,
             MaxNumberOfMessages=max_messages,
@@ -125,7 +120,9 @@ def create_stack(*, max_receive_count: int = 5, secret: dict[str, str] | None = 
 
     def queue_pair(name: str) -> tuple[str, str, str]:
         dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
-        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
         redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)})
         url = sqs.create_queue(
             QueueName=name, Attributes={"RedrivePolicy": redrive, "VisibilityTimeout": "180"}
@@ -135,7 +132,9 @@ def create_stack(*, max_receive_count: int = 5, secret: dict[str, str] | None = 
 
     events_url, events_arn, events_dlq = queue_pair("cio-relay-events")
     email_url, email_arn, email_dlq = queue_pair("cio-relay-email")
-    secret_value = secret if secret is not None else {"pipelines_api_key": PIPELINES_KEY, "app_api_key": APP_KEY}
+    secret_value = (
+        secret if secret is not None else {"pipelines_api_key": PIPELINES_KEY, "app_api_key": APP_KEY}
+    )
     secret_arn = boto3.client("secretsmanager", region_name=REGION).create_secret(
         Name="cio-relay/customerio", SecretString=json.dumps(secret_value)
     )["ARN"]

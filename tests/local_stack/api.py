@@ -144,7 +144,11 @@ class ApiGateway:
         split = urlsplit(raw_path)
         path = split.path or "/"
         match = self._match(method, path)
-        gateway_responses = self._apis[match[0].route.api].gateway_responses if match else {}
+        if match:
+            gateway_responses = self._apis[match[0].route.api].gateway_responses
+        else:  # no route: still the API's own GatewayResponses (API Gateway answers for the API)
+            only = list(self._apis.values())
+            gateway_responses = only[0].gateway_responses if len(only) == 1 else {}
         if match is None:
             return self._gateway(method, path, MISSING_ROUTE, gateway_responses, request_id, started)
         route, parameters = match

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,7 +41,9 @@ class Run:
     function: str
     started: float
     ended: float
+    busy: float  # time inside the handler (invocations run one at a time, like one container each)
     records: int
+    max_receive: int  # highest ApproximateReceiveCount in the batch
     failed: int
     error: str | None
 
@@ -50,6 +53,8 @@ class Invocations:
     """Wraps the local stack's runtime to record every SQS-triggered invocation."""
 
     runs: list[Run] = field(default_factory=list)
+    api_busy: float = 0.0  # seconds spent in API Gateway-triggered invocations
+    api_calls: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def attach(self, runtime: Runtime) -> None:
@@ -63,8 +68,25 @@ class Invocations:
                 result = invocation.result if isinstance(invocation.result, dict) else {}
                 failed = len(records) if invocation.error else len(result.get("batchItemFailures") or [])
                 error = type(invocation.error).__name__ if invocation.error else None
+                receives = [
+                    int((r.get("attributes") or {}).get("ApproximateReceiveCount", 1)) for r in records
+                ]
+                run = Run(
+                    function=logical_id,
+                    started=started,
+                    ended=time.monotonic(),
+                    busy=invocation.elapsed,
+                    records=len(records),
+                    max_receive=max(receives),
+                    failed=failed,
+                    error=error,
+                )
                 with self._lock:
-                    self.runs.append(Run(logical_id, started, time.monotonic(), len(records), failed, error))
+                    self.runs.append(run)
+            else:
+                with self._lock:
+                    self.api_busy += invocation.elapsed
+                    self.api_calls += 1
             return invocation
 
         runtime.invoke = invoke  # type: ignore[method-assign]
@@ -214,28 +236,40 @@ def running_stack(
         },
     )
     output = io.StringIO()
-    with LocalStack(options, out=output) as stack:
-        assert stack.runtime is not None
-        assert stack.sandbox is not None
-        invocations = Invocations()
-        invocations.attach(stack.runtime)
-        from cio_relay.observability import logger  # noqa: PLC0415 - the stack set the functions' env first
+    # Many threads share this interpreter (moto, the sandbox, the API, pollers, producers); a short
+    # GIL switch interval keeps the I/O-bound handlers from queueing behind them.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.001)
+    try:
+        with LocalStack(options, out=output) as stack:
+            yield from _attached(stack, output)
+    finally:
+        sys.setswitchinterval(switch_interval)
 
-        tap = LayerLog()
-        layer_logger = logging.getLogger(logger.name)
-        layer_logger.addHandler(tap)
-        sqs = boto3.client(
-            "sqs",
-            endpoint_url=stack.moto_url,
-            region_name=stack.options.region,
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-        )
-        http = urllib3.PoolManager(maxsize=8, retries=False, timeout=urllib3.Timeout(connect=5, read=60))
-        try:
-            yield Running(stack, stack.sandbox, sqs, http, invocations, tap, output)
-        finally:
-            layer_logger.removeHandler(tap)
+
+def _attached(stack: LocalStack, output: io.StringIO) -> Iterator[Running]:
+    """Handles on a started stack, with the taps on its invocations and the layer's log."""
+    assert stack.runtime is not None
+    assert stack.sandbox is not None
+    invocations = Invocations()
+    invocations.attach(stack.runtime)
+    from cio_relay.observability import logger  # noqa: PLC0415 - the stack set the functions' env first
+
+    tap = LayerLog()
+    layer_logger = logging.getLogger(logger.name)
+    layer_logger.addHandler(tap)
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=stack.moto_url,
+        region_name=stack.options.region,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+    http = urllib3.PoolManager(maxsize=8, retries=False, timeout=urllib3.Timeout(connect=5, read=60))
+    try:
+        yield Running(stack, stack.sandbox, sqs, http, invocations, tap, output)
+    finally:
+        layer_logger.removeHandler(tap)
 
 
 @pytest.fixture

@@ -39,22 +39,25 @@ pytestmark = pytest.mark.slow
 SEED = 20261130
 DEADLINE_SECONDS = 200  # hard upper bound for the whole run (pytest's own timeout is 300 s)
 MAX_RECEIVE_COUNT = "15"  # see test docstring of test_soak_under_faults
+# One poller per queue here (Lambda runs several): a 1 s batching window instead of the default 2 s
+# keeps EventsQueue draining as fast as the producers fill it.
+TEMPLATE_PARAMETERS = {"MaxReceiveCount": MAX_RECEIVE_COUNT, "EventsBatchingWindowSeconds": "1"}
 CHAOS_RATE = 0.30
 # 10 of 15 kinds are 429 (half with Retry-After): 0.30 x 10/15 = 20 % of requests.
 CHAOS_KINDS = ("429",) * 5 + ("429-retry-after",) * 5 + ("500", "503", "slow", "slow", "drop")
 SLOW_TIMEOUT_SECONDS = 0.8  # a chaos "slow" answers after the read timeout (0.4 s): a read timeout
 SLOW_ANSWER_SECONDS = 0.1  # the extra slow answers, within the read timeout
-SLOW_ANSWER_EVERY_SECONDS = 0.2
+SLOW_ANSWER_EVERY = 12  # requests
 
-API_BATCHES, API_BATCH_SIZE = 80, 20  # 1,600 calls in /v1/batch requests
-API_SINGLE_CALLS = 300  # identify/track/page/screen/group/alias, one call per request
-API_DELETES = 100  # DELETE /v1/customers/{id}: a "User Deleted" track call
-QUEUE_CALLS = 1_400  # single calls written straight onto EventsQueue (half carry their own messageId)
+API_BATCHES, API_BATCH_SIZE = 100, 25  # 2,500 calls in /v1/batch requests
+API_SINGLE_CALLS = 150  # identify/track/page/screen/group/alias, one call per request
+API_DELETES = 50  # DELETE /v1/customers/{id}: a "User Deleted" track call
+QUEUE_CALLS = 1_600  # single calls written straight onto EventsQueue (half carry their own messageId)
 QUEUE_BATCHES, QUEUE_BATCH_SIZE = 100, 3  # {"batch": [...]} bodies on EventsQueue
-API_EMAILS = 250  # POST /v1/send/email (most with an Idempotency-Key)
-QUEUE_EMAILS = 750  # straight onto EmailQueue (most with an IdempotencyKey attribute)
+API_EMAILS = 150  # POST /v1/send/email (most with an Idempotency-Key)
+QUEUE_EMAILS = 450  # straight onto EmailQueue (most with an IdempotencyKey attribute)
 # Flow control: moto's SQS scans the whole queue on every call, so producers keep the backlog short.
-EVENTS_BACKLOG, EMAIL_BACKLOG = 300, 60
+EVENTS_BACKLOG, EMAIL_BACKLOG = 120, 40
 PLANNED = (
     API_BATCHES * API_BATCH_SIZE
     + API_SINGLE_CALLS
@@ -264,19 +267,23 @@ def settled(running: Running, ledger: Ledger) -> bool:
 
 
 class SlowAnswers:
-    """Queues a slow-but-in-time answer for /v1/batch every few hundred ms (sub-timeout slowness)."""
+    """Every SLOW_ANSWER_EVERY-th request answers late, but within the read timeout.
+
+    Queued faults go before chaos, so such a request is slow instead of (not as well as) faulted.
+    """
 
     def __init__(self, running: Running) -> None:
         self._fake = running.fake
         self._stop = threading.Event()
-        self.queued = 0
+        self._queued = 0
         self._thread = threading.Thread(target=self._run, name="slow-answers", daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(SLOW_ANSWER_EVERY_SECONDS):
-            if self._fake.pending_faults("/v1/batch") == 0:
-                self._fake.fail("/v1/batch", Fault.slow(SLOW_ANSWER_SECONDS))
-                self.queued += 1
+        while not self._stop.wait(0.05):
+            due = self._fake.request_count // SLOW_ANSWER_EVERY
+            if due > self._queued and self._fake.pending_faults("*") == 0:
+                self._fake.fail("*", Fault.slow(SLOW_ANSWER_SECONDS))
+                self._queued += 1
 
     def __enter__(self) -> SlowAnswers:
         self._thread.start()
@@ -288,7 +295,7 @@ class SlowAnswers:
 
     @property
     def injected(self) -> int:
-        return self.queued - self._fake.pending_faults("/v1/batch")
+        return self._queued - self._fake.pending_faults("*")
 
 
 def test_soak_under_faults(start_stack: Callable[..., AbstractContextManager[Running]]) -> None:
@@ -296,7 +303,11 @@ def test_soak_under_faults(start_stack: Callable[..., AbstractContextManager[Run
     row happen about once in 250,000 chains, 15 once in 130 million; the soak asserts that nothing
     valid is dead-lettered, so it must not depend on that luck. The outage test uses the default."""
     ledger = Ledger()
-    with start_stack(parameters={"MaxReceiveCount": MAX_RECEIVE_COUNT}) as running:
+    run_soak(start_stack, ledger)
+
+
+def run_soak(start_stack: Callable[..., AbstractContextManager[Running]], ledger: Ledger) -> None:
+    with start_stack(parameters=TEMPLATE_PARAMETERS) as running:
         # GIVEN the sandbox Customer.io failing 30 % of requests (20 % with 429) and slowing others
         running.fake.chaos(
             CHAOS_RATE, seed=SEED, kinds=CHAOS_KINDS, slow_delay=SLOW_TIMEOUT_SECONDS, retry_after="1"
@@ -412,7 +423,10 @@ def soak_figures(
         "- lost: 0; left in flight: 0",
         f"- duplicate emails: {duplicate_emails} (at-least-once after a read timeout: {sum(timed_out.values())} "
         f"sends timed out, the duplicates all belong to those keys; no other duplicate)",
-        f"- wall time: {total_s:.0f} s ({produce_s:.0f} s producing), on "
+        f"- wall time: {total_s:.0f} s ({produce_s:.0f} s producing; handlers busy "
+        f"{sum(r.busy for r in runs if r.function == 'EventsFunction'):.0f} s events queue, "
+        f"{sum(r.busy for r in runs if r.function == 'EmailFunction'):.0f} s email queue, "
+        f"{running.invocations.api_busy:.0f} s API), on "
         f"retries of {running.stack.options.retry_base:g}-{running.stack.options.retry_cap:g} s, "
         f"maxReceiveCount {MAX_RECEIVE_COUNT}, read timeout {READ_TIMEOUT_SECONDS:g} s",
     ]

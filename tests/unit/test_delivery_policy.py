@@ -207,7 +207,9 @@ def test_decide_unexpected_error_retries_without_leaking_its_message() -> None:
     assert "ada@example.com" not in decision.reason
 
 
-@pytest.mark.parametrize("error", [Retryable("503", status=503), AuthRejected("401", status=401), RuntimeError()])
+@pytest.mark.parametrize(
+    "error", [Retryable("503", status=503), AuthRejected("401", status=401), RuntimeError()]
+)
 def test_decide_last_allowed_receive_dead_letters_with_the_reason(error: BaseException) -> None:
     # GIVEN the queue's maxReceiveCount is 5 and this is the 5th receive
     settings = load_settings({"MAX_RECEIVE_COUNT": "5"})

@@ -28,6 +28,7 @@ from cio_relay.settings import Settings
 SAFETY_MARGIN_SECONDS = 1.0
 
 Outcomes = Mapping[str, BaseException | None]
+_NOT_REPORTED: BaseException = NotAttempted("not reported")  # a marker: each record gets its own error
 Deliver = Callable[[list[SQSRecord], "Deadline"], Outcomes]
 
 
@@ -123,7 +124,10 @@ class DeliveryProcessor(BatchProcessor):
     def failure_handler(self, record: SQSRecord, exception: Any) -> Any:
         exc: BaseException = exception[1]
         decision = decide(exc, int(record.attributes.approximate_receive_count or 1), self._settings)
-        log = {"message_id": record.message_id, "reason": decision.reason, "status": decision.status}
+        # Customer.io's error text can quote the payload back (emails, traits): the log line names the
+        # error by its code; the full reason travels with the message to its dead-letter queue.
+        shown = exc.code if isinstance(exc, CustomerIOError) else decision.reason
+        log = {"message_id": record.message_id, "reason": shown, "status": decision.status}
         if decision.action == "dead_letter":
             if self._dead_letter(record, decision):
                 logger.warning("record dead-lettered", extra=log)
@@ -172,11 +176,14 @@ def process_batch(
     outcomes = deliver(records, deadline)
 
     def record_handler(record: SQSRecord) -> None:
-        # The record's log lines (failure_handler runs right after this) carry its messageId.
+        outcome = outcomes.get(record.message_id, _NOT_REPORTED)
+        if outcome is None:
+            return
+        # The failed record's log lines (failure_handler runs right after this) carry its messageId.
         logger.set_correlation_id(record.message_id)
-        outcome = outcomes.get(record.message_id, NotAttempted("not attempted in this invocation"))
-        if outcome is not None:
-            raise outcome
+        if outcome is _NOT_REPORTED:
+            raise NotAttempted("not attempted in this invocation")
+        raise outcome
 
     processor = DeliveryProcessor(settings=settings, queues=queues, queue_url=queue_url, dlq_url=dlq_url)
     try:

@@ -42,6 +42,7 @@ SEMANTIC_EVENTS = frozenset(
 # Queue messages written without a messageId get one derived from the SQS message id, so every
 # redelivery of that message carries the same messageId.
 MESSAGE_ID_NAMESPACE = uuid.UUID("8b0c1f0e-6c4f-4a53-9d53-6f8f2b0c1e01")
+_NAMESPACE_BYTES = MESSAGE_ID_NAMESPACE.bytes
 _CALL = TypeAdapter[Any](Call)
 
 
@@ -52,7 +53,7 @@ def derived_message_id(sqs_message_id: str, index: int) -> str:
     went into uuid.uuid5 itself.
     """
     name = f"{sqs_message_id}/{index}".encode()
-    digest = bytearray(hashlib.sha1(MESSAGE_ID_NAMESPACE.bytes + name, usedforsecurity=False).digest()[:16])
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = digest.hex()
@@ -74,7 +75,7 @@ def check_conventions(call: dict[str, Any], policy: str, field_name: str = "even
         logger.warning("event name is not snake_case", extra={"event_name": str(name)[:100]})
         count("EventNameNotSnakeCase")
     user_id = call.get("userId")
-    if isinstance(user_id, str) and EMAIL_SHAPED.match(user_id):
+    if isinstance(user_id, str) and "@" in user_id and EMAIL_SHAPED.match(user_id):
         logger.warning("userId looks like an email address; use a stable id instead")
         count("EmailShapedUserId")
 
@@ -103,11 +104,11 @@ def parse_queue_body(record: SQSRecord) -> list[dict[str, Any]]:
         if "batch" in data:
             calls = Batch.model_validate(data).calls()
         else:
-            calls = [_CALL.validate_python(data).wire()]
+            calls = [_CALL.validator.validate_python(data).wire()]  # the validator itself: once per record
     except ValidationError as exc:
         raise invalid_request(exc) from None
     for index, call in enumerate(calls):
-        if "messageId" not in call:
+        if call.get("messageId") is None:  # absent or null: Customer.io needs one on every call
             call["messageId"] = derived_message_id(record.message_id, index)
     return calls
 
@@ -138,7 +139,8 @@ class Forwarder:
         total = 0
         for index, call in enumerate(calls):
             where = f"batch.{index}" if batch else "body"
-            call.setdefault("messageId", str(uuid.uuid4()))
+            if call.get("messageId") is None:  # absent or null ("messageId": null is valid JSON)
+                call["messageId"] = str(uuid.uuid4())
             check_conventions(call, self._settings.event_name_policy, f"{where}.event" if batch else "event")
             encoded = encode_checked(call, where)
             total += len(encoded) + 1
@@ -158,15 +160,19 @@ class Forwarder:
         """Send every valid record, packed into as few /v1/batch requests as the limits allow."""
         outcomes: dict[str, BaseException | None] = {}
         pending: list[_Pending] = []
+        policy = self._settings.event_name_policy
+        # logger.set_correlation_id(message_id) for each record, without looking the formatter up each time.
+        log_keys = logger.registered_formatter
         for record in records:
-            logger.set_correlation_id(record.message_id)
+            message_id = record.message_id
+            log_keys.append_keys(correlation_id=message_id)
             try:
                 calls = parse_queue_body(record)
                 for call in calls:
-                    check_conventions(call, self._settings.event_name_policy)
-                pending.append(_Pending(record.message_id, [encode_checked(c, "body") for c in calls]))
+                    check_conventions(call, policy)
+                pending.append(_Pending(message_id, [encode_checked(c, "body") for c in calls]))
             except InvalidRequest as exc:
-                outcomes[record.message_id] = exc
+                outcomes[message_id] = exc
         logger.set_correlation_id(None)
         self._send_packed(pending, outcomes, deadline)
         count("Forwarded", sum(1 for o in outcomes.values() if o is None))

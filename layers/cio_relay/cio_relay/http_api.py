@@ -167,8 +167,9 @@ def create_resolver(*, title: str) -> APIGatewayRestResolver:
 
     def on_value_error(exc: ValueError) -> Response[Any]:
         # Powertools raises ValueError for a malformed multipart/form-data body (no boundary,
-        # non-Latin-1 text): a body this API does not take, so 415 like any other non-JSON body.
-        if not is_json(app.current_event.headers.get("content-type")):
+        # non-Latin-1 text) and UnicodeDecodeError for a base64 body that is not UTF-8: bodies this
+        # API does not take, so 415 like any other body that is not JSON.
+        if isinstance(exc, UnicodeDecodeError) or not is_json(app.current_event.headers.get("content-type")):
             return unsupported_media_type()
         return unexpected(exc)
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cio_relay.errors import ConfigurationError
 
@@ -45,13 +45,14 @@ class Settings(BaseModel):
     local_track_api_key: str | None = Field(None, alias="CUSTOMERIO_TRACK_TOKEN", repr=False)
     local_app_api_key: str | None = Field(None, alias="CUSTOMERIO_APP_TOKEN", repr=False)
 
-    @field_validator("*", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _blank_is_unset(cls, value: object) -> object:
-        # CloudFormation cannot omit a variable, so an empty string means "not set".
-        if isinstance(value, str) and not value.strip():
-            return None
-        return value
+    def _blank_is_unset(cls, data: object) -> object:
+        # CloudFormation cannot omit a variable, so an empty string means "not set". One validator for
+        # the whole model: a validator on every field ("*") costs about 1 ms of cold start to build.
+        if isinstance(data, dict):
+            return {k: None if isinstance(v, str) and not v.strip() else v for k, v in data.items()}
+        return data
 
     def pipelines_base(self, region: str | None = None) -> str:
         return (self.pipelines_url or PIPELINES_HOSTS[region or self.region]).rstrip("/")

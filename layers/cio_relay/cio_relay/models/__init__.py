@@ -20,21 +20,30 @@ _UNION_LABEL = re.compile(r"^(int|float|str|bool|bytes|none|constrained-[a-z]+|[
 TOO_LARGE = "payload_too_large"
 
 
+# Customer.io's Pipelines limits. Here rather than in models.pipelines so the client can use them
+# without building the call models.
+MAX_CALL_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500_000  # Customer.io says "500KB"; the decimal reading is the safe one.
+
 # Deeper JSON than this is refused: pydantic cannot serialise past ~250 levels (it raises ValueError,
 # which would be a 500 or a crashed batch), and no Customer.io payload needs more.
 MAX_NESTING = 64
+_CONTAINERS = (dict, list)
 
 
 def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
     """Whether lists/objects in `value` nest deeper than `limit` levels (iterative: no recursion)."""
+    # Only containers go on the stack: this runs on every call the relay validates.
+    if not isinstance(value, _CONTAINERS):
+        return False
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth >= limit:
-                return True
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
+        if depth >= limit:
+            return True
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, _CONTAINERS):
+                stack.append((child, depth + 1))
     return False
 
 

@@ -131,11 +131,3 @@ class Deferred(BaseModel):
     status: Literal["queued"] = "queued"
     message_id: str
     reason: str
-
-
-class SearchFilter(BaseModel):
-    """POST /v1/customers body: Customer.io's people filter, passed through unchanged."""
-
-    model_config = ConfigDict(extra="allow")
-
-    filter: dict[str, Any]

@@ -1,0 +1,62 @@
+"""What a cold start imports: each function module, in a fresh interpreter, leaves out the modules it never
+needs. Nothing here is timed (`make bench` measures the time); these checks keep the savings from quietly
+coming back when imports are reordered or a module starts importing more."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PROBE = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("app", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules["app"] = module
+spec.loader.exec_module(module)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+# Powertools' batch utility imports these parser models (type hints only) when pydantic is already
+# imported, which is why each function imports cio_relay.delivery first.
+PARSER_MODELS = "aws_lambda_powertools.utilities.parser.models.sqs"
+NEVER_NEEDED = {
+    "events": {PARSER_MODELS, "cio_relay.models.email", "aws_xray_sdk"},
+    "email": {PARSER_MODELS, "cio_relay.models.pipelines", "aws_xray_sdk"},
+}
+
+
+def modules_after_import(function: str) -> set[str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "cio_relay"), str(ROOT)]),
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(ROOT / "functions" / function / "app.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("function", sorted(NEVER_NEEDED))
+def test_cold_import_leaves_out_what_the_function_never_needs(function: str) -> None:
+    # GIVEN a fresh interpreter, as a new Lambda container has
+    # WHEN it imports the function's handler module
+    loaded = modules_after_import(function)
+
+    # THEN the handler is there, and none of the modules this function never uses was imported
+    assert "cio_relay.delivery" in loaded
+    assert loaded.isdisjoint(NEVER_NEEDED[function]), sorted(loaded & NEVER_NEEDED[function])
