@@ -133,8 +133,16 @@ class Running:
     def queue_url(self, logical_id: str) -> str:
         return self.stack.queues[logical_id].url
 
-    def api(self, method: str, path: str, body: Any = None, *, key: bool = True, **headers: str) -> Any:
-        sent = {"content-type": "application/json", **headers}
+    def api(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        key: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        sent = {"content-type": "application/json", **(headers or {})}
         if key:
             sent["x-api-key"] = self.stack.api_key
         return self.http.request(

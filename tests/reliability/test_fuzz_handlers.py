@@ -44,6 +44,10 @@ from tests.support import LambdaContext, api_event, load_function
 
 # Examples here cost an invocation each: a failure is reported as found (no shrinking, which could
 # run for minutes), and hypothesis' example database replays it first on the next run.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Received multipart/form-data:UserWarning"),
+    pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning"),
+]
 FUZZ = settings(
     max_examples=120,
     deadline=None,

@@ -58,7 +58,8 @@ def local_api() -> Iterator[LocalStack]:
             f"- {sum(STATUSES.values())} generated requests over {len(events_schema.raw_schema['paths'])} + "
             f"{len(email_schema.raw_schema['paths'])} paths (valid and invalid data): "
             + ", ".join(f"{n} x {status}" for status, n in sorted(STATUSES.items())),
-            "- 0 server errors; every 2xx matched its documented schema; every error was {code, message} JSON",
+            "- 0 server errors; every 2xx matched its documented schema; "
+            "every error answer was {code, message} JSON",
         ],
     )
 
@@ -96,7 +97,11 @@ CHECKS = [not_a_server_error, documented_success_matches_schema, error_answers_c
 FUZZ = settings(
     max_examples=EXAMPLES_PER_OPERATION,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+    ],
 )
 
 

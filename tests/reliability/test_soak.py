@@ -185,7 +185,7 @@ def produce_api_emails(running: Running, ledger: Ledger) -> None:
         sid = f"api-mail-{n}"
         running.wait_for_room("EmailQueue", EMAIL_BACKLOG)
         headers = {"Idempotency-Key": f"soak-key-{sid}"} if n % 5 else {}
-        answer = running.api("POST", "/v1/send/email", email(sid, n), **headers)
+        answer = running.api("POST", "/v1/send/email", email(sid, n), headers=headers)
         assert answer.status in (200, 202), (answer.status, answer.data[:300])
         with ledger.lock:
             ledger.email_ids.add(sid)
@@ -249,7 +249,7 @@ def event_deliveries(running: Running) -> tuple[dict[str, list[str]], dict[str, 
     return by_sid, deletes
 
 
-def email_deliveries(running: Running) -> Counter[str]:
+def email_deliveries(running: Running) -> Counter[Any]:
     return Counter((sent["json"].get("message_data") or {}).get("soak") for sent in running.fake.emails)
 
 
@@ -371,9 +371,9 @@ def assert_promises_hold(running: Running, ledger: Ledger) -> None:
     for dlq, poison in ledger.poison.items():
         dead = running.dead_letters(dlq)
         assert sorted(d["body"] for d in dead) == sorted(body for body, _, _ in poison)
-        expected = {body: (status, reason) for body, status, reason in poison}
+        reasons = {body: (status, reason) for body, status, reason in poison}
         for message in dead:
-            status, reason = expected[message["body"]]
+            status, reason = reasons[message["body"]]
             assert message["attributes"]["FailureStatus"] == status
             assert reason in message["attributes"]["FailureReason"], message["attributes"]
     # AND nothing is left in flight
@@ -388,45 +388,52 @@ def soak_figures(
     emails = email_deliveries(running)
     faults = dict(running.fake.faults_injected)
     timeouts = faults.pop("slow", 0) - slow_answers
-    requests = running.fake.request_count
     runs = running.invocations.snapshot()
-    retried = running.log.lines("record will be retried")
-    failed_runs = [r for r in runs if r.error]
+    by_function = Counter(r.function for r in runs)
+    busy = {f: sum(r.busy for r in runs if r.function == f) for f in by_function}
+    whole_failures = sum(1 for r in runs if r.error)
+    retries = len(running.log.lines("record will be retried"))
+    n_events = len(ledger.event_ids) + len(ledger.deletes)
     delivered_events = sum(1 for s in ledger.event_ids if events.get(s)) + sum(
         1 for u in ledger.deletes if deletes.get(u)
     )
-    event_copies = sum(len(v) for k, v in events.items() if k in ledger.event_ids) + sum(
-        len(v) for k, v in deletes.items() if k in ledger.deletes
+    event_copies = sum(len(events.get(s, [])) for s in ledger.event_ids) + sum(
+        len(deletes.get(u, [])) for u in ledger.deletes
     )
-    duplicate_emails = sum(n - 1 for sid, n in emails.items() if sid in ledger.email_ids and n > 1)
-    timed_out = timed_out_emails(running, ledger)
+    delivered_emails = sum(1 for s in ledger.email_ids if emails[s])
+    duplicate_emails = sum(emails[s] - 1 for s in ledger.email_ids if emails[s] > 1)
+    timed_out = sum(timed_out_emails(running, ledger).values())
     poison = sum(len(p) for p in ledger.poison.values())
+    total = ledger.valid + poison
     dead = {dlq: sum(running.depth(dlq)) for dlq in ledger.poison}
-    fault_text = ", ".join(f"{kind} {n}" for kind, n in sorted(faults.items()))
+    in_flight = sum(sum(running.depth(q)) for q in ("EventsQueue", "EmailQueue"))
+    lost = n_events - delivered_events + len(ledger.email_ids) - delivered_emails
+    answers = ledger.api_answers
+    options = running.stack.options
     return [
-        f"- messages: {ledger.valid + poison:,} ({len(ledger.event_ids) + len(ledger.deletes):,} events, "
-        f"{len(ledger.email_ids):,} emails, {poison} poison = {poison / (ledger.valid + poison):.1%}); "
-        f"through the API: {API_BATCHES} /v1/batch requests of {API_BATCH_SIZE}, {API_SINGLE_CALLS} single "
-        f"calls, {API_DELETES} deletes, {API_EMAILS} emails ({ledger.api_answers['email 200']} sent at once, "
-        f"{ledger.api_answers['email 202']} deferred with 202); the rest straight onto the queues",
-        f"- Customer.io requests: {requests:,}; faults injected: {fault_text}, read timeouts "
-        f"(answer after {SLOW_TIMEOUT_SECONDS:g} s > {READ_TIMEOUT_SECONDS:g} s) {timeouts}, slow answers "
-        f"within the timeout {slow_answers}",
-        f"- SQS invocations: {len(runs):,} ({sum(1 for r in runs if r.function == 'EventsFunction'):,} events, "
-        f"{sum(1 for r in runs if r.function == 'EmailFunction'):,} email), {len(failed_runs)} failed as a whole "
-        f"(every record failed: BatchProcessingError); record retries (backoff via visibility): {len(retried):,}",
-        f"- delivered: {delivered_events:,}/{len(ledger.event_ids) + len(ledger.deletes):,} events "
-        f"({event_copies - delivered_events} repeat deliveries, each with its call's messageId), "
-        f"{sum(1 for s in ledger.email_ids if emails[s]):,}/{len(ledger.email_ids):,} emails",
-        f"- dead-lettered: {dead.get('EventsDeadLetterQueue', 0)} events + {dead.get('EmailDeadLetterQueue', 0)} "
-        f"emails = {sum(dead.values())} = exactly the poison messages, each with FailureReason/FailureStatus",
-        "- lost: 0; left in flight: 0",
-        f"- duplicate emails: {duplicate_emails} (at-least-once after a read timeout: {sum(timed_out.values())} "
-        f"sends timed out, the duplicates all belong to those keys; no other duplicate)",
+        f"- messages: {total:,} ({n_events:,} events, {len(ledger.email_ids):,} emails, "
+        f"{poison} poison = {poison / total:.1%}); through the API: {API_BATCHES} /v1/batch requests of "
+        f"{API_BATCH_SIZE}, {API_SINGLE_CALLS} single calls, {API_DELETES} deletes, {API_EMAILS} emails "
+        f"({answers['email 200']} sent at once, {answers['email 202']} deferred with 202); the rest "
+        "straight onto the queues",
+        f"- Customer.io requests: {running.fake.request_count:,}; faults injected: "
+        + ", ".join(f"{kind} {n}" for kind, n in sorted(faults.items()))
+        + f", read timeouts (answer after {SLOW_TIMEOUT_SECONDS:g} s > {READ_TIMEOUT_SECONDS:g} s) "
+        f"{timeouts}, slow answers within the timeout {slow_answers}",
+        f"- SQS invocations: {len(runs):,} ({by_function['EventsFunction']:,} events, "
+        f"{by_function['EmailFunction']:,} email), {whole_failures} failed as a whole (every record "
+        f"failed: BatchProcessingError); record retries (backoff via visibility): {retries:,}",
+        f"- delivered: {delivered_events:,}/{n_events:,} events ({event_copies - delivered_events} repeat "
+        f"deliveries, each with its call's messageId), {delivered_emails:,}/{len(ledger.email_ids):,} emails",
+        f"- dead-lettered: {dead.get('EventsDeadLetterQueue', 0)} events + "
+        f"{dead.get('EmailDeadLetterQueue', 0)} emails = {sum(dead.values())}: exactly the poison "
+        "messages, each with its FailureReason/FailureStatus",
+        f"- lost: {lost}; left in flight: {in_flight}",
+        f"- duplicate emails: {duplicate_emails} (at-least-once: {timed_out} sends hit the read timeout "
+        "after Customer.io had the request; every duplicate belongs to one of those keys)",
         f"- wall time: {total_s:.0f} s ({produce_s:.0f} s producing; handlers busy "
-        f"{sum(r.busy for r in runs if r.function == 'EventsFunction'):.0f} s events queue, "
-        f"{sum(r.busy for r in runs if r.function == 'EmailFunction'):.0f} s email queue, "
-        f"{running.invocations.api_busy:.0f} s API), on "
-        f"retries of {running.stack.options.retry_base:g}-{running.stack.options.retry_cap:g} s, "
-        f"maxReceiveCount {MAX_RECEIVE_COUNT}, read timeout {READ_TIMEOUT_SECONDS:g} s",
+        f"{busy.get('EventsFunction', 0):.0f} s events queue, {busy.get('EmailFunction', 0):.0f} s email "
+        f"queue, {running.invocations.api_busy:.0f} s API); retries {options.retry_base:g}-"
+        f"{options.retry_cap:g} s, maxReceiveCount {MAX_RECEIVE_COUNT}, read timeout "
+        f"{READ_TIMEOUT_SECONDS:g} s",
     ]
