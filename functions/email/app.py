@@ -14,7 +14,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Header
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from cio_relay.entry import route
-from cio_relay.http_api import create_resolver
+from cio_relay.http_api import create_resolver, error_responses
 from cio_relay.models.email import Deferred, SendEmail, SendEmailResult
 from cio_relay.observability import instrument
 from cio_relay.queues import Queues
@@ -26,6 +26,7 @@ app = create_resolver(title="cio-relay email")
 ANSWERS: dict[int, Any] = {
     200: {"description": "sent", "content": {"application/json": {"model": SendEmailResult}}},
     202: {"description": "deferred to EmailQueue", "content": {"application/json": {"model": Deferred}}},
+    **error_responses(400, 409, 413, 415, 422, 503),
 }
 
 

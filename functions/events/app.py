@@ -14,7 +14,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from cio_relay.cio import get_customerio
 from cio_relay.entry import route
 from cio_relay.forwarding import get_forwarder
-from cio_relay.http_api import create_resolver
+from cio_relay.http_api import PASS_THROUGH_ERRORS, QUEUED_ERRORS, create_resolver
 from cio_relay.models.people import SearchFilter
 from cio_relay.models.pipelines import (
     Alias,
@@ -33,48 +33,60 @@ from cio_relay.settings import get_settings
 
 app = create_resolver(title="cio-relay events")
 
+QUEUED: dict[int, Any] = {
+    200: {"description": "queued on EventsQueue", "content": {"application/json": {"model": Queued}}},
+    **QUEUED_ERRORS,
+}
+PASSED_THROUGH: dict[int, Any] = {
+    200: {
+        "description": "Customer.io's answer, as it sent it",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+    **PASS_THROUGH_ERRORS,
+}
 
-@app.post("/v1/identify")
+
+@app.post("/v1/identify", responses=QUEUED)
 def identify(call: Annotated[Identify, Body()]) -> Queued:
     return get_forwarder().accept([call.wire()])
 
 
-@app.post("/v1/track")
+@app.post("/v1/track", responses=QUEUED)
 def track(call: Annotated[Track, Body()]) -> Queued:
     return get_forwarder().accept([call.wire()])
 
 
-@app.post("/v1/page")
+@app.post("/v1/page", responses=QUEUED)
 def page(call: Annotated[Page, Body()]) -> Queued:
     return get_forwarder().accept([call.wire()])
 
 
-@app.post("/v1/screen")
+@app.post("/v1/screen", responses=QUEUED)
 def screen(call: Annotated[Screen, Body()]) -> Queued:
     return get_forwarder().accept([call.wire()])
 
 
-@app.post("/v1/group")
+@app.post("/v1/group", responses=QUEUED)
 def group(call: Annotated[Group, Body()]) -> Queued:
     return get_forwarder().accept([call.wire()])
 
 
-@app.post("/v1/alias")
+@app.post("/v1/alias", responses=QUEUED)
 def alias(call: Annotated[Alias, Body()]) -> Queued:
     return get_forwarder().accept([call.wire()])
 
 
-@app.post("/v1/batch")
+@app.post("/v1/batch", responses=QUEUED)
 def batch(body: Annotated[Batch, Body()]) -> Queued:
     return get_forwarder().accept(body.calls(), batch=True)
 
 
-@app.delete("/v1/customers/<id>")
+@app.delete("/v1/customers/<id>", responses=QUEUED)
 def delete_customer(id: Annotated[str, Path(min_length=1, max_length=1024)]) -> Queued:
     return get_forwarder().accept([delete_person(unquote(id)).wire()])
 
 
-@app.post("/v1/customers")
+@app.post("/v1/customers", responses=PASSED_THROUGH)
 def search_people(
     body: Annotated[SearchFilter, Body()],
     start: Annotated[str | None, Query(max_length=1024)] = None,
@@ -83,7 +95,7 @@ def search_people(
     return get_customerio().app.search_people(body.filter, start=start, limit=limit)
 
 
-@app.get("/v1/segments")
+@app.get("/v1/segments", responses=PASSED_THROUGH)
 def list_segments() -> dict[str, Any]:
     return get_customerio().app.list_segments()
 

@@ -23,10 +23,10 @@ from tests.support import ROOT
 pytestmark = pytest.mark.slow
 
 # Down until every message has been retried a few times: at least this long, and until some record
-# has been received OUTAGE_RECEIVES times (under half the template's maxReceiveCount).
-OUTAGE_MIN_SECONDS = 5
+# has been received OUTAGE_RECEIVES times (well under the template's maxReceiveCount).
+OUTAGE_MIN_SECONDS = 4
 OUTAGE_MAX_SECONDS = 40
-OUTAGE_RECEIVES = 4
+OUTAGE_RECEIVES = 3
 RECOVERY_DEADLINE_SECONDS = 60
 QUEUE_EVENTS, API_EVENTS, QUEUE_EMAILS, API_EMAILS = 200, 50, 30, 10
 RETRY_CAP_SECONDS = "3"  # spreads the retries of a long outage a little more than the soak's 2 s

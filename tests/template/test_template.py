@@ -33,6 +33,7 @@ import pytest
 import yaml
 from samtranslator.translator.transform import transform
 
+from tests.local_stack.template import CfnLoader
 from tests.template import check_build_arch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,29 +120,6 @@ PSEUDO_PARAMETERS = {
 
 
 # --------------------------------------------------------------------------- loading
-
-
-class CfnLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type hints
-    """A YAML loader that turns CloudFormation short-form tags (!Ref, !GetAtt, !Sub...) into their
-    long form ({"Ref": ...}, {"Fn::GetAtt": [...]}, {"Fn::Sub": ...})."""
-
-
-def _construct_cfn_tag(loader: CfnLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
-    value: Any
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    if suffix in ("Ref", "Condition"):
-        return {suffix: value}
-    if suffix == "GetAtt" and isinstance(value, str):
-        return {"Fn::GetAtt": value.split(".", 1)}
-    return {f"Fn::{suffix}": value}
-
-
-CfnLoader.add_multi_constructor("!", _construct_cfn_tag)
 
 
 def load_template(path: Path = TEMPLATE_PATH) -> Template:

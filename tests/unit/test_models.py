@@ -363,3 +363,22 @@ def test_describe_reports_field_and_message() -> None:
     field, message = describe(caught.value.errors()[0])
     assert field == "message_data"
     assert message
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "field"),
+    [
+        (Identify, {"userId": "   "}, "userId"),
+        (Track, {"userId": "u-1", "event": " \t"}, "event"),
+    ],
+)
+def test_blank_ids_and_event_names_are_refused_naming_the_field(
+    model: type[Identify] | type[Track], body: dict[str, Any], field: str
+) -> None:
+    # GIVEN a call whose id or event name is only whitespace (Customer.io refuses those)
+    # WHEN it is validated
+    with pytest.raises(ValidationError) as raised:
+        model.model_validate(body)
+
+    # THEN it is refused before any request, naming the field
+    assert invalid_request(raised.value).field == field

@@ -14,6 +14,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
     RequestValidationError,
 )
+from pydantic import BaseModel
 
 from cio_relay import __version__
 from cio_relay.errors import (
@@ -53,6 +54,43 @@ def parse_json(text: str) -> Any:
     except (ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
         raise json.JSONDecodeError(type(exc).__name__, text, 0) from None
     return value
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: `code` and `message` (what the Pipelines SDKs read), plus the field at fault."""
+
+    code: str
+    message: str
+    field: str | None = None
+    errors: list[dict[str, str]] | None = None
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "refused: Customer.io's message, or a rule the relay enforces",
+    409: "a send with this idempotency key is in progress",
+    413: "over Customer.io's size limits",
+    415: "the body is not JSON",
+    422: "validation failed; `field` names the part at fault",
+    429: "Customer.io is rate limiting the relay (Retry-After)",
+    502: "Customer.io is unavailable or refused the relay's credentials",
+    503: "the relay could not store the request; nothing was kept, try again",
+    504: "Customer.io did not answer in time",
+}
+
+
+def error_responses(*statuses: int) -> dict[int, Any]:
+    """OpenAPI `responses` for the error answers a route can give, all shaped as ErrorBody."""
+    return {
+        status: {
+            "description": _ERROR_DESCRIPTIONS[status],
+            "content": {"application/json": {"model": ErrorBody}},
+        }
+        for status in statuses
+    }
+
+
+QUEUED_ERRORS = error_responses(413, 415, 422, 503)
+PASS_THROUGH_ERRORS = error_responses(400, 415, 422, 429, 502, 503, 504)
 
 
 def error_response(

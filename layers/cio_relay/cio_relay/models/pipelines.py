@@ -20,8 +20,9 @@ def _identifier(value: object) -> object:
     return value
 
 
-Identifier = Annotated[str, BeforeValidator(_identifier), Field(min_length=1, max_length=1024)]
-Name = Annotated[str, Field(min_length=1, max_length=1024)]
+# Customer.io refuses blank ids and event names, so a value must hold a non-space character.
+Identifier = Annotated[str, BeforeValidator(_identifier), Field(min_length=1, max_length=1024, pattern=r"\S")]
+Name = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"\S")]
 
 
 # Models built only when first used (`defer_build`): a model costs 0.5-2 ms of cold start to build, and
