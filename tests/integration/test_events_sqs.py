@@ -366,11 +366,15 @@ def test_poison_record_is_dead_lettered_with_its_reason_and_acknowledged(
     assert metrics_from(capsys.readouterr().out)["DeadLettered"] == 1
 
 
+REFUSAL = "traits.plan: value is not allowed"
+
+
 def test_customerio_400_on_a_single_record_request_dead_letters_it(
     stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext
 ) -> None:
-    # GIVEN a call that passes the relay's checks but that Customer.io refuses (blank userId)
-    send_bodies(stack, stack.events_queue_url, [identify(" ")])
+    # GIVEN a call that passes the relay's checks but that Customer.io refuses
+    send_bodies(stack, stack.events_queue_url, [identify("u1")])
+    fake_cio.fail("/v1/batch", Fault(status=400, body={"meta": {"errors": [REFUSAL]}}))
 
     # WHEN it is handled
     result = poll(stack, lambda_context)
@@ -381,15 +385,17 @@ def test_customerio_400_on_a_single_record_request_dead_letters_it(
     [dead] = dead_letters(stack)
     attrs = attributes(dead)
     assert attrs["FailureStatus"] == "400"
-    assert "userId or anonymousId is required" in attrs["FailureReason"]
+    assert REFUSAL in attrs["FailureReason"]
     assert stack.depth(stack.events_queue_url) == {"visible": 0, "in_flight": 0}
 
 
 def test_400_on_a_batch_falls_back_to_one_request_per_record(
     stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext
 ) -> None:
-    # GIVEN three records, the middle one refused by Customer.io
-    send_bodies(stack, stack.events_queue_url, [identify("u1"), identify(" "), identify("u3")])
+    # GIVEN three records, the middle one refused by Customer.io (the packed request, then u2 alone)
+    send_bodies(stack, stack.events_queue_url, [identify("u1"), identify("u2"), identify("u3")])
+    refused = Fault(status=400, body={"meta": {"errors": [REFUSAL]}})
+    fake_cio.fail("/v1/batch", refused, Fault(), refused, Fault())
 
     # WHEN they are handled
     result = poll(stack, lambda_context)
@@ -405,7 +411,7 @@ def test_400_on_a_batch_falls_back_to_one_request_per_record(
     assert sorted(c["userId"] for c in fake_cio.pipelines_calls()) == ["u1", "u3"]
     assert result.response == {"batchItemFailures": []}
     [dead] = dead_letters(stack)
-    assert json.loads(dead["Body"])["userId"] == " "
+    assert json.loads(dead["Body"])["userId"] == "u2"
 
 
 def test_400_on_a_batch_with_only_good_records_delivers_them_one_by_one(
