@@ -15,6 +15,7 @@ import json
 import sys
 import time
 import warnings
+from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
@@ -22,16 +23,16 @@ from typing import Any
 Event = dict[str, Any]
 
 
-class Loop:
+class Loop(ABC):
     """make() builds a client (not timed); send() is the timed part; done() cleans up (not timed)."""
 
     version = ""
 
-    def make(self) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def make(self) -> Any: ...
 
-    def send(self, client: Any, events: list[Event]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def send(self, client: Any, events: list[Event]) -> None: ...
 
     def done(self, client: Any) -> None:
         return None
