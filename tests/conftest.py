@@ -159,13 +159,14 @@ def aws() -> Iterator[None]:
         yield
 
 
-@pytest.fixture
-def stack(aws: None, fake_cio: FakeCustomerIO, monkeypatch: pytest.MonkeyPatch) -> Stack:
-    """moto resources + the fake Customer.io, wired into the environment the functions read."""
-    created = create_stack()
+def wire_stack(
+    monkeypatch: pytest.MonkeyPatch, customerio_url: str, *, secret: dict[str, str] | None = None
+) -> Stack:
+    """Create the stack in moto and point the functions' environment at it and at `customerio_url`."""
+    created = create_stack(secret=secret)
     monkeypatch.setenv("CUSTOMERIO_SECRET_ID", created.secret_arn)
-    monkeypatch.setenv("CUSTOMERIO_PIPELINES_URL", fake_cio.url)
-    monkeypatch.setenv("CUSTOMERIO_APP_URL", fake_cio.url)
+    monkeypatch.setenv("CUSTOMERIO_PIPELINES_URL", customerio_url)
+    monkeypatch.setenv("CUSTOMERIO_APP_URL", customerio_url)
     monkeypatch.setenv("EVENTS_QUEUE_URL", created.events_queue_url)
     monkeypatch.setenv("EVENTS_DLQ_URL", created.events_dlq_url)
     monkeypatch.setenv("EMAIL_QUEUE_URL", created.email_queue_url)
@@ -175,3 +176,9 @@ def stack(aws: None, fake_cio: FakeCustomerIO, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("RETRY_CAP_SECONDS", "900")
     reset_caches()
     return created
+
+
+@pytest.fixture
+def stack(aws: None, fake_cio: FakeCustomerIO, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """moto resources + the fake Customer.io, wired into the environment the functions read."""
+    return wire_stack(monkeypatch, fake_cio.url)

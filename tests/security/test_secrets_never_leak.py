@@ -20,7 +20,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.conftest import create_stack, reset_caches
+from tests.conftest import reset_caches, wire_stack
 from tests.fakes.customerio import FakeCustomerIO, Fault
 from tests.security import Exposure, all_logs, find_leaks
 from tests.support import REGION, LambdaContext, api_event, load_function, sqs_records_from
@@ -66,17 +66,8 @@ class SecretStack:
 
 
 def wire(monkeypatch: pytest.MonkeyPatch, fake: FakeCustomerIO, secret: dict[str, str]) -> SecretStack:
-    stack = create_stack(secret=secret)
-    monkeypatch.setenv("CUSTOMERIO_SECRET_ID", stack.secret_arn)
-    monkeypatch.setenv("CUSTOMERIO_PIPELINES_URL", fake.url)
-    monkeypatch.setenv("CUSTOMERIO_APP_URL", fake.url)
-    monkeypatch.setenv("EVENTS_QUEUE_URL", stack.events_queue_url)
-    monkeypatch.setenv("EVENTS_DLQ_URL", stack.events_dlq_url)
-    monkeypatch.setenv("EMAIL_QUEUE_URL", stack.email_queue_url)
-    monkeypatch.setenv("EMAIL_DLQ_URL", stack.email_dlq_url)
-    monkeypatch.setenv("IDEMPOTENCY_TABLE", stack.idempotency_table)
+    stack = wire_stack(monkeypatch, fake.url, secret=secret)
     monkeypatch.setenv("CUSTOMERIO_READ_TIMEOUT", str(READ_TIMEOUT))
-    monkeypatch.setenv("RETRY_BASE_SECONDS", "30")
     reset_caches()
     return SecretStack(
         fake,
