@@ -19,9 +19,11 @@ help:
 	@echo "make build     sam build (python3.13) + native-extension architecture check"
 	@echo "make security  checkov on template.yaml (own venv) + bandit"
 
-$(STAMP): requirements-dev.txt $(LAYER)/requirements.txt
+$(STAMP): requirements-dev.txt $(LAYER)/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements-dev.txt 2>&1 | { grep -v '^WARNING: Location' || true; }; exit $${PIPESTATUS[0]}
+	@# The operator CLI as the console script `cio-relay` (editable: it runs this checkout's code).
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/pip check
 	touch $(STAMP)
 
@@ -44,7 +46,7 @@ unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
 run: $(STAMP)
-	$(PY) -m tests.local_stack $(ARGS)
+	$(PY) -m local_stack $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)

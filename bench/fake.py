@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.child import ChildServer
-from tests.fakes.customerio import BATCH_PATH, FakeCustomerIO, RecordedRequest, _Outcome
+from local_stack.customerio import BATCH_PATH, FakeCustomerIO, RecordedRequest, _Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES_KEY = "pk-bench-pipelines"

@@ -1,1 +1,1 @@
-"""cio-relay tests: unit, integration, reliability, template; fakes under tests/fakes."""
+"""cio-relay tests: unit, integration, reliability, template (fake Customer.io: local_stack/customerio.py)."""

@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities import parameters
 from cio_relay import cio, forwarding, queues, settings, transactional
 from moto import mock_aws
 
-from tests.fakes.customerio import FakeCustomerIO
+from local_stack.customerio import FakeCustomerIO
 from tests.support import REGION, LambdaContext
 
 PIPELINES_KEY = "pk-test-pipelines"

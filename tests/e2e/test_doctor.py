@@ -1,4 +1,4 @@
-"""`python -m cio_relay.ops doctor` as an operator runs it, against the local stack and its sandbox."""
+"""`cio-relay doctor` as an operator runs it, against the local stack and its sandbox."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from tests.local_stack import LocalStack, Options
+from local_stack import LocalStack, Options
 from tests.support import ROOT
 
 
@@ -31,7 +31,7 @@ def doctor(stack: LocalStack, *args: str, **env: str) -> subprocess.CompletedPro
         **env,
     }
     return subprocess.run(
-        [sys.executable, "-m", "cio_relay.ops", "doctor", *args],
+        [sys.executable, "-m", "cio_relay_cli", "doctor", *args],
         cwd=ROOT,
         env=environment,
         capture_output=True,

@@ -18,8 +18,8 @@ from typing import Any
 import boto3
 import urllib3
 
-from tests.local_stack import LocalStack, Options
-from tests.local_stack.template import Template
+from local_stack import LocalStack, Options
+from local_stack.template import Template
 from tests.support import REGION, ROOT
 
 START_TIMEOUT = 60
@@ -84,7 +84,7 @@ def local_stack(tmp_path: Path, *args: str) -> Iterator[RunningStack]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'layers' / 'cio_relay'}{os.pathsep}{ROOT}"}
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.local_stack", "--port", "0", "--sandbox-port", "0", *args],
+            [sys.executable, "-m", "local_stack", "--port", "0", "--sandbox-port", "0", *args],
             cwd=ROOT,
             env=env,
             stdout=sink,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from local_stack.customerio import FakeCustomerIO, Fault
 from tests.conftest import APP_KEY, Stack, reset_caches
-from tests.fakes.customerio import FakeCustomerIO, Fault
 from tests.support import LambdaContext, api_event, load_event, load_function
 
 PATH = "/v1/send/email"

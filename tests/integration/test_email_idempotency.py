@@ -8,8 +8,8 @@ from typing import Any
 
 import boto3
 
+from local_stack.customerio import FakeCustomerIO, Fault
 from tests.conftest import Stack
-from tests.fakes.customerio import FakeCustomerIO, Fault
 from tests.support import REGION, LambdaContext, api_event, load_function, sqs_records_from
 
 PATH = "/v1/send/email"

@@ -9,8 +9,8 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
+from local_stack.customerio import FakeCustomerIO, Fault
 from tests.conftest import APP_KEY, Stack, reset_caches
-from tests.fakes.customerio import FakeCustomerIO, Fault
 from tests.support import REGION, LambdaContext, load_event, load_function, sqs_records_from
 
 PATH = "/v1/send/email"

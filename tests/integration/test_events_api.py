@@ -8,8 +8,8 @@ from typing import Any
 import boto3
 import pytest
 
+from local_stack.customerio import FakeCustomerIO, Fault
 from tests.conftest import APP_KEY, PIPELINES_KEY, Stack
-from tests.fakes.customerio import FakeCustomerIO, Fault
 from tests.integration import (
     bodies,
     call_api,

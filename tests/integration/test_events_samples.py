@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from local_stack.customerio import FakeCustomerIO
 from tests.conftest import Stack
-from tests.fakes.customerio import FakeCustomerIO
 from tests.integration import bodies, call_api, events_handler, receive_all
 from tests.support import EVENTS_DIR, LambdaContext, load_event
 

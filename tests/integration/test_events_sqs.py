@@ -20,8 +20,8 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
+from local_stack.customerio import FakeCustomerIO, Fault
 from tests.conftest import PIPELINES_KEY, Stack
-from tests.fakes.customerio import FakeCustomerIO, Fault
 from tests.integration import (
     bodies,
     call_api,

@@ -19,9 +19,9 @@ import pytest
 import urllib3
 from hypothesis import Phase, settings
 
-from tests.fakes.customerio import FakeCustomerIO
-from tests.local_stack import LocalStack, Options
-from tests.local_stack.runtime import Invocation, Runtime
+from local_stack import LocalStack, Options
+from local_stack.customerio import FakeCustomerIO
+from local_stack.runtime import Invocation, Runtime
 
 # `pytest --hypothesis-profile=fuzz-debug`: report the first failing example as found (no shrinking).
 settings.register_profile("fuzz-debug", phases=[Phase.explicit, Phase.reuse, Phase.generate], print_blob=True)

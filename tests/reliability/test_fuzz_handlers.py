@@ -24,8 +24,8 @@ from cio_relay.errors import InvalidRequest
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
+from local_stack.customerio import FakeCustomerIO
 from tests.conftest import Stack
-from tests.fakes.customerio import FakeCustomerIO
 from tests.integration import Handler, call_api, poll
 from tests.reliability import (
     BATCHES,

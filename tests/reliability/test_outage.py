@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 
 import pytest
 
-from tests.local_stack.template import Template
+from local_stack.template import Template
 from tests.reliability import write_figures
 from tests.reliability.conftest import Running, wait_until
 from tests.support import ROOT

@@ -29,8 +29,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.local_stack import LocalStack, Options
-from tests.local_stack.stack import reset_layer_caches
+from local_stack import LocalStack, Options
+from local_stack.stack import reset_layer_caches
 from tests.reliability import write_figures
 from tests.support import load_function
 

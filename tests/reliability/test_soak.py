@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from cio_relay.forwarding import MESSAGE_ID_NAMESPACE
 
-from tests.fakes.customerio import Fault
+from local_stack.customerio import Fault
 from tests.reliability import write_figures
 from tests.reliability.conftest import READ_TIMEOUT_SECONDS, Running, wait_until
 

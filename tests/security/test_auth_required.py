@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import urllib3
 
-from tests.local_stack import LocalStack, Options
-from tests.local_stack.stack import reset_layer_caches
-from tests.local_stack.template import ApiRoute
+from local_stack import LocalStack, Options
+from local_stack.stack import reset_layer_caches
+from local_stack.template import ApiRoute
 
 BODIES: dict[str, Any] = {
     "/v1/identify": {"userId": "u1"},

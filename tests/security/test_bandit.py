@@ -1,6 +1,6 @@
 """bandit (the pinned one from requirements-dev) finds nothing in the project's code.
 
-Scanned: the layer and the functions (what is deployed), and tests/local_stack and bench (what
+Scanned: the layer and the functions (what is deployed), and local_stack and bench (what
 developers run). Each finding bandit reports is either fixed or listed below with the reason it is a
 false positive; a new finding, or an old one that moved to other code, fails the test.
 """
@@ -14,29 +14,29 @@ from pathlib import Path
 
 from tests.support import ROOT
 
-SCANNED = ["layers/cio_relay/cio_relay", "functions", "tests/local_stack", "bench"]
+SCANNED = ["layers/cio_relay/cio_relay", "functions", "local_stack", "cio_relay_cli", "bench"]
 # (file, bandit test id, text of the flagged line) -> why it is not a vulnerability.
 ACCEPTED: dict[tuple[str, str, str], str] = {
     (
-        "layers/cio_relay/cio_relay/ops.py",
+        "cio_relay_cli/doctor.py",
         "B105",
         "SECRET_SHAPE = ",
     ): "a placeholder showing the secret's JSON shape, every value is '...'",
-    ("tests/local_stack/stack.py", "B105", '"CUSTOMERIO_APP_TOKEN": "app_api_key",'): "a JSON key name",
-    ("tests/local_stack/stack.py", "B105", '"CUSTOMERIO_TRACK_TOKEN": "track_api_key",'): "a JSON key name",
-    ("tests/local_stack/stack.py", "B105", 'self.secret_arn = ""'): "an ARN, empty until the secret exists",
+    ("local_stack/stack.py", "B105", '"CUSTOMERIO_APP_TOKEN": "app_api_key",'): "a JSON key name",
+    ("local_stack/stack.py", "B105", '"CUSTOMERIO_TRACK_TOKEN": "track_api_key",'): "a JSON key name",
+    ("local_stack/stack.py", "B105", 'self.secret_arn = ""'): "an ARN, empty until the secret exists",
     (
-        "tests/local_stack/stack.py",
+        "local_stack/stack.py",
         "B105",
         '"AWS_SECRET_ACCESS_KEY": "local",',
     ): "moto's throw-away credentials",
     (
-        "tests/local_stack/stack.py",
+        "local_stack/stack.py",
         "B101",
         "assert self.runtime is not None",
     ): "local tooling, never deployed",
-    ("tests/local_stack/sandbox.py", "B311", "self._rng = random.Random("): "picks chaos faults, not secrets",
-    ("tests/local_stack/template.py", "B506", "yaml.load(path.read_text(), Loader=CfnLoader)"): (
+    ("local_stack/sandbox.py", "B311", "self._rng = random.Random("): "picks chaos faults, not secrets",
+    ("local_stack/template.py", "B506", "yaml.load(path.read_text(), Loader=CfnLoader)"): (
         "CfnLoader is a yaml.SafeLoader subclass"
     ),
 }

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from local_stack.customerio import FakeCustomerIO
 from tests.conftest import Stack
-from tests.fakes.customerio import FakeCustomerIO
 from tests.integration import call_api
 from tests.support import LambdaContext, api_event, load_function, sqs_records_from
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
+from local_stack.customerio import FakeCustomerIO, Fault
 from tests.conftest import Stack
-from tests.fakes.customerio import FakeCustomerIO, Fault
 from tests.integration import call_api
 from tests.security import all_logs
 from tests.support import LambdaContext, api_event, load_function, sqs_records_from

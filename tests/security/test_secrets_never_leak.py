@@ -20,8 +20,8 @@ from typing import Any
 import boto3
 import pytest
 
+from local_stack.customerio import FakeCustomerIO, Fault
 from tests.conftest import reset_caches, wire_stack
-from tests.fakes.customerio import FakeCustomerIO, Fault
 from tests.security import Exposure, all_logs, find_leaks
 from tests.support import REGION, LambdaContext, api_event, load_function, sqs_records_from
 

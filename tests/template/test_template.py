@@ -33,7 +33,7 @@ import pytest
 import yaml
 from samtranslator.translator.transform import transform
 
-from tests.local_stack.template import CfnLoader
+from local_stack.template import CfnLoader
 from tests.template import check_build_arch
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ from cio_relay.errors import InvalidRequest, PayloadTooLarge, Permanent
 from cio_relay.models.email import MAX_ATTACHMENTS_BYTES, SendEmail, SendEmailResult
 from cio_relay.settings import load_settings
 
+from local_stack.customerio import FakeCustomerIO, Fault
 from tests.conftest import APP_KEY, PIPELINES_KEY
-from tests.fakes.customerio import FakeCustomerIO, Fault
 
 DAY = 24 * 3600
 FILTER = {"and": [{"attribute": {"field": "plan", "operator": "eq", "value": "pro"}}]}

@@ -17,7 +17,7 @@ from cio_relay.credentials import Credentials, CredentialsProvider, _powertools_
 from cio_relay.errors import AuthRejected, ConfigurationError
 from cio_relay.settings import Settings, load_settings
 
-from tests.fakes.customerio import FakeCustomerIO, Fault
+from local_stack.customerio import FakeCustomerIO, Fault
 from tests.support import REGION
 
 OLD_PIPELINES, NEW_PIPELINES = "pk-old-3c1f9a", "pk-new-77d2e0"

@@ -1,4 +1,4 @@
-"""Unit tests for the fake Customer.io server (tests/fakes/customerio.py) with plain http.client/urllib3."""
+"""Unit tests for the fake Customer.io server (local_stack/customerio.py) with plain http.client/urllib3."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import urllib3
 
-from tests.fakes.customerio import CHAOS_KINDS, FakeCustomerIO, Fault, RecordedRequest
+from local_stack.customerio import CHAOS_KINDS, FakeCustomerIO, Fault, RecordedRequest
 
 PIPELINES_KEY = "pk-test-pipelines"
 APP_KEY = "app-test-key"

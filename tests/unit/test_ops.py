@@ -11,21 +11,24 @@ import boto3
 import pytest
 import urllib3
 from botocore.stub import Stubber
-from cio_relay import ops
 from cio_relay.cio.transport import Transport
 from cio_relay.settings import load_settings
 from moto.server import ThreadedMotoServer
 
+from cio_relay_cli import aws as cli_aws
+from cio_relay_cli import dlq as cli_dlq
+from cio_relay_cli import doctor as cli_doctor
+from cio_relay_cli.__main__ import main as cli_main
+from local_stack.customerio import FakeCustomerIO
 from tests.conftest import APP_KEY, PIPELINES_KEY
-from tests.fakes.customerio import FakeCustomerIO
 from tests.support import REGION
 
 SECRET = {"pipelines_api_key": PIPELINES_KEY, "app_api_key": APP_KEY, "region": "us"}
 
 
-def run(argv: list[str], env: dict[str, str], aws: ops.Aws | None = None) -> tuple[int, str]:
+def run(argv: list[str], env: dict[str, str], aws: cli_aws.Aws | None = None) -> tuple[int, str]:
     out = io.StringIO()
-    code = ops.main(argv, out=out, environ=env, aws=aws)
+    code = cli_main(argv, out=out, environ=env, aws=aws)
     return code, out.getvalue()
 
 
@@ -151,8 +154,8 @@ def test_doctor_region_mismatch_fails(aws: None, fake_cio: FakeCustomerIO) -> No
 
     # WHEN the region is checked (no network needed for this line)
     settings = load_settings(env)
-    secret = ops.read_secret(ops.Aws(), settings)
-    check = ops.region_check(settings, env, secret)
+    secret = cli_doctor.read_secret(cli_aws.Aws(), settings)
+    check = cli_doctor.region_check(settings, env, secret)
 
     # THEN it names both inconsistencies
     assert not check.ok
@@ -205,11 +208,11 @@ def test_doctor_connector_check_never_sends_credentials_to_an_unknown_host(aws: 
             "127.0.0.1", "localhost"
         )
         settings = load_settings(env)
-        credentials = ops._credentials(settings, ops.read_secret(ops.Aws(), settings))
+        credentials = cli_doctor._credentials(settings, cli_doctor.read_secret(cli_aws.Aws(), settings))
         transport = Transport(connect_timeout=1, read_timeout=2)
 
         # WHEN the connector check runs against the other host
-        check = ops.connector_check(
+        check = cli_doctor.connector_check(
             transport,
             settings,
             credentials,
@@ -240,7 +243,7 @@ def test_doctor_unreachable_customerio_says_to_check_egress(aws: None) -> None:
     assert "fix: allow HTTPS egress to 127.0.0.1" in output
 
 
-class FakeAws(ops.Aws):
+class FakeAws(cli_aws.Aws):
     """A deployed stack as CloudFormation and Lambda would describe it."""
 
     def __init__(self, resources: dict[str, str], environments: dict[str, dict[str, str]]) -> None:
@@ -347,7 +350,7 @@ def test_dlq_show_gives_reasons_without_personal_data_and_consumes_nothing(moto_
     assert "reason: moved by SQS after maxReceiveCount receives" in output
     assert "what:   batch of 1: identify" in output
     assert "ada@example.com" not in output
-    assert ops.depth(sqs, dlq) == (2, 0)
+    assert cli_dlq.depth(sqs, dlq) == (2, 0)
 
 
 def test_dlq_show_bodies_are_truncated(moto_server: str) -> None:
@@ -380,7 +383,7 @@ def test_dlq_redrive_moves_messages_back_without_their_failure_reason(moto_serve
     assert code == 0, output
     assert "StartMessageMoveTask unavailable" in output
     assert "moved 2 message(s) back to events" in output
-    assert ops.depth(sqs, dlq) == (0, 0)
+    assert cli_dlq.depth(sqs, dlq) == (0, 0)
     moved = sqs.receive_message(QueueUrl=source, MaxNumberOfMessages=10, MessageAttributeNames=["All"])[
         "Messages"
     ]
@@ -412,7 +415,7 @@ def test_dlq_redrive_uses_the_sqs_move_task_when_available() -> None:
         out = io.StringIO()
 
         # WHEN the DLQ is redriven
-        code = ops.dlq_redrive(sqs, ops.QueuePair("events", dlq_url, source_url), out)
+        code = cli_dlq.dlq_redrive(sqs, cli_dlq.QueuePair("events", dlq_url, source_url), out)
 
     # THEN SQS's own move task was started (new message ids, SQS-speed), nothing moved by hand
     assert code == 0

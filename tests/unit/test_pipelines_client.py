@@ -16,8 +16,8 @@ from cio_relay.errors import InvalidRequest, PayloadTooLarge, Retryable
 from cio_relay.models.pipelines import MAX_BATCH_BYTES, MAX_CALL_BYTES, Identify, Track
 from cio_relay.settings import load_settings
 
+from local_stack.customerio import FakeCustomerIO, Fault
 from tests.conftest import APP_KEY, PIPELINES_KEY
-from tests.fakes.customerio import FakeCustomerIO, Fault
 
 KB = 1024
 PIPELINES_AUTH = "Basic " + base64.b64encode(f"{PIPELINES_KEY}:".encode()).decode()

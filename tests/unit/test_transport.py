@@ -24,8 +24,8 @@ from cio_relay.errors import (
 from cio_relay.settings import load_settings
 from urllib3.exceptions import ReadTimeoutError
 
+from local_stack.customerio import RATE_LIMIT_MESSAGE, FakeCustomerIO, Fault
 from tests.conftest import APP_KEY, PIPELINES_KEY
-from tests.fakes.customerio import RATE_LIMIT_MESSAGE, FakeCustomerIO, Fault
 
 IDENTIFY = json.dumps({"type": "identify", "userId": "u1", "messageId": "m-1"}).encode()
 

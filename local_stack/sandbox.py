@@ -1,6 +1,6 @@
 """The Customer.io sandbox: the fake Customer.io with per-path chaos, and a page that shows it all.
 
-SandboxCustomerIO is tests.fakes.customerio.FakeCustomerIO (same validation, same answers) plus a
+SandboxCustomerIO is local_stack.customerio.FakeCustomerIO (same validation, same answers) plus a
 failure rate per path. SandboxPage serves, on its own port, an auto-refreshing HTML page and the same
 data as JSON (GET /_sandbox/state): every call Customer.io received, every dead-letter message with
 its reason, and the depth of every queue. POST /_sandbox/chaos, /_sandbox/fail, /_sandbox/outage and
@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
-from tests.fakes.customerio import CHAOS_KINDS, FakeCustomerIO, Fault, RecordedRequest
+from local_stack.customerio import CHAOS_KINDS, FakeCustomerIO, Fault, RecordedRequest
 
 MAX_CALLS_SHOWN = 500
 SAFE_HEADERS = ("content-type", "x-strict-mode", "user-agent", "content-encoding")

@@ -1,4 +1,4 @@
-"""`python -m tests.local_stack` (`make run`): the whole relay on 127.0.0.1, no Docker, Ctrl-C to stop."""
+"""`python -m local_stack` (`make run`): the whole relay on 127.0.0.1, no Docker, Ctrl-C to stop."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from tests.fakes.customerio import CHAOS_KINDS
-from tests.local_stack.sandbox import parse_chaos_path
-from tests.local_stack.stack import ROOT, LocalStack, Options
-from tests.local_stack.template import TemplateError
+from local_stack.customerio import CHAOS_KINDS
+from local_stack.sandbox import parse_chaos_path
+from local_stack.stack import ROOT, LocalStack, Options
+from local_stack.template import TemplateError
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -42,7 +42,7 @@ def _rate(text: str) -> float:
 
 def parse(argv: Sequence[str] | None) -> Options:
     parser = argparse.ArgumentParser(
-        prog="make run ARGS=... (python -m tests.local_stack)",
+        prog="make run ARGS=... (python -m local_stack)",
         description="cio-relay without Docker: moto for SQS/Secrets Manager/DynamoDB, the real handlers "
         "behind a local API Gateway and SQS pollers, and a Customer.io sandbox with a web page.",
     )

@@ -24,7 +24,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics.provider import cold_start
 
-from tests.local_stack.template import FunctionSpec
+from local_stack.template import FunctionSpec
 
 # LogRecord attributes that are not "extra" keys passed by the layer's logger.
 _STANDARD_RECORD_KEYS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {

@@ -21,8 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
-from tests.local_stack.runtime import Invocation, summarize
-from tests.local_stack.template import ApiRoute, ApiSpec
+from local_stack.runtime import Invocation, summarize
+from local_stack.template import ApiRoute, ApiSpec
 
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway's request payload limit
 ACCOUNT_ID = "123456789012"

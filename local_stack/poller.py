@@ -18,7 +18,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.local_stack.runtime import Invocation, summarize
+from local_stack.runtime import Invocation, summarize
 
 MAX_RECEIVE = 10  # ReceiveMessage returns at most 10 messages per call
 LONG_POLL_SECONDS = 1  # short enough to stop promptly on Ctrl-C

@@ -4,7 +4,7 @@ and the Customer.io sandbox (or the real Customer.io), started and stopped as on
     with LocalStack(Options(port=0, sandbox_port=0)) as stack:
         urllib3.request("POST", f"{stack.api_url}/v1/track", headers={"x-api-key": stack.api_key}, ...)
 
-`python -m tests.local_stack` (what `make run` runs) wraps it in a command line.
+`python -m local_stack` (what `make run` runs) wraps it in a command line.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ import boto3
 import urllib3
 from moto.server import ThreadedMotoServer
 
-from tests.fakes.customerio import CHAOS_KINDS
-from tests.local_stack.api import ApiGateway
-from tests.local_stack.poller import QueuePoller
-from tests.local_stack.provision import Provisioner, Queue
-from tests.local_stack.runtime import Invocation, Runtime
-from tests.local_stack.sandbox import MAX_CALLS_SHOWN, SandboxCustomerIO, SandboxPage, call_view
-from tests.local_stack.template import FunctionSpec, Template, TemplateError
+from local_stack.api import ApiGateway
+from local_stack.customerio import CHAOS_KINDS
+from local_stack.poller import QueuePoller
+from local_stack.provision import Provisioner, Queue
+from local_stack.runtime import Invocation, Runtime
+from local_stack.sandbox import MAX_CALLS_SHOWN, SandboxCustomerIO, SandboxPage, call_view
+from local_stack.template import FunctionSpec, Template, TemplateError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CREDENTIAL_VARIABLES = {
     "CUSTOMERIO_PIPELINES_API_KEY": "pipelines_api_key",
     "CUSTOMERIO_APP_TOKEN": "app_api_key",
@@ -49,7 +49,7 @@ DEAD_LETTER_CACHE_SECONDS = 1.0
 
 @dataclass
 class Options:
-    """Everything `python -m tests.local_stack --help` can set."""
+    """Everything `python -m local_stack --help` can set."""
 
     template: Path = ROOT / "template.yaml"
     host: str = "127.0.0.1"
@@ -329,7 +329,7 @@ class LocalStack:
             print(f"{stamp} {text}", file=self._out, flush=True)
 
     def ops_environment(self) -> dict[str, str]:
-        """The variables `python -m cio_relay.ops` needs to work against this stack."""
+        """The variables `cio-relay` needs to work against this stack."""
         env = {
             "AWS_ENDPOINT_URL": self.moto_url,
             "AWS_DEFAULT_REGION": self.options.region,
@@ -397,7 +397,7 @@ class LocalStack:
             f"then open {self.sandbox_url}",
             "Operations CLI against this stack (another terminal, from the repository root):",
             "  export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in self.ops_environment().items()),
-            "  PYTHONPATH=layers/cio_relay .venv/bin/python -m cio_relay.ops dlq list",
+            "  .venv/bin/cio-relay dlq list",
             "READY (Ctrl-C stops everything)",
         ]
         return "\n".join(lines)
@@ -452,7 +452,7 @@ class LocalStack:
 
     def _dead_letter_messages(self) -> list[dict[str, Any]]:
         # Imported here: importing the layer creates its Logger, which must see a function's env first.
-        from cio_relay.ops import peek  # noqa: PLC0415
+        from cio_relay_cli.dlq import peek  # noqa: PLC0415
 
         with self._dead_letter_lock:
             taken, cached = self._dead_letters
@@ -468,7 +468,7 @@ class LocalStack:
             return rows
 
     def _dead_letter_row(self, queue: Queue, message: Any) -> dict[str, Any]:
-        from cio_relay.ops import attribute  # noqa: PLC0415 - see _dead_letter_messages
+        from cio_relay_cli.dlq import attribute  # noqa: PLC0415 - see _dead_letter_messages
 
         reason = attribute(message, "FailureReason")
         row: dict[str, Any] = {

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tests.local_stack.template import Resolver, Template, TemplateError, cfn_string
+from local_stack.template import Resolver, Template, TemplateError, cfn_string
 
 # CloudFormation property -> SQS queue attribute (the ones that mean something locally).
 QUEUE_ATTRIBUTES = (

@@ -4,6 +4,6 @@ Importable as a library: `LocalStack(Options(port=0, sandbox_port=0))` with star
 attributes api_url, api_key, sandbox_url, moto_url (tests and the soak test use it this way).
 """
 
-from tests.local_stack.stack import LocalStack, Options
+from local_stack.stack import LocalStack, Options
 
 __all__ = ["LocalStack", "Options"]

@@ -1,0 +1,1 @@
+"""cio-relay's operator CLI (`cio-relay`): runs on an operator's machine, never in Lambda."""

@@ -1,1 +1,0 @@
-"""Test doubles for external services (Customer.io)."""
