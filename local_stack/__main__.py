@@ -52,11 +52,11 @@ def parse(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--api-key", help="the x-api-key callers must send (default: a random one)")
     parser.add_argument(
-        "--customerio",
-        choices=("auto", "sandbox", "real"),
-        default="auto",
-        help="auto: the real Customer.io when CUSTOMERIO_PIPELINES_API_KEY/CUSTOMERIO_APP_TOKEN are set, "
-        "else the sandbox",
+        "--real",
+        action="store_true",
+        help="send to your real Customer.io workspace, with the credentials in CUSTOMERIO_PIPELINES_API_KEY "
+        "(or CUSTOMERIO_SITE_ID + CUSTOMERIO_TRACK_TOKEN) and CUSTOMERIO_APP_TOKEN; without it every call "
+        "goes to the local sandbox and CUSTOMERIO_* variables are ignored",
     )
     parser.add_argument("--chaos", type=_rate, default=0.0, help="sandbox failure rate on every path (0-1)")
     parser.add_argument(
@@ -93,7 +93,7 @@ def parse(argv: Sequence[str] | None) -> Options:
         sandbox_port=args.sandbox_port,
         moto_port=args.moto_port,
         api_key=args.api_key,
-        customerio=args.customerio,
+        customerio="real" if args.real else "sandbox",
         chaos=args.chaos,
         chaos_paths=dict(args.chaos_path),
         chaos_kinds=tuple(k.strip() for k in args.chaos_kinds.split(",") if k.strip()),

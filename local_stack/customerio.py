@@ -3,7 +3,7 @@
 Used by unit and integration tests, the soak test, the benchmark and the local sandbox, so it is
 thread-safe, never lets a bad client crash it, and answers fast (keep-alive, TCP_NODELAY).
 
-Behaviour follows /work/shared/DESIGN.md and the Customer.io reference notes:
+Behaviour follows docs/design.md (Customer.io facts):
 
 * Pipelines (``POST /v1/identify|track|page|screen|group|alias|batch``): HTTP Basic
   ``base64("<pipelines_api_key>:")`` or ``base64("<site_id>:<track_api_key>")``. With

@@ -199,7 +199,7 @@ class Provisioner:
         return arn
 
     def create_secret(self, name: str) -> str:
-        """A secret holding the local Customer.io credentials (DESIGN.md's JSON); returns its ARN."""
+        """A secret holding the local Customer.io credentials (docs/design.md's JSON); returns its ARN."""
         arn: str = self._secrets.create_secret(Name=name, SecretString=self._secret_string)["ARN"]
         return arn
 

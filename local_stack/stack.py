@@ -57,7 +57,7 @@ class Options:
     sandbox_port: int = 3001
     moto_port: int = 0
     api_key: str | None = None
-    customerio: str = "auto"  # auto | sandbox | real
+    customerio: str = "sandbox"  # sandbox | real (`make run ARGS=--real`)
     chaos: float = 0.0
     chaos_paths: dict[str, float] = field(default_factory=dict)
     chaos_kinds: tuple[str, ...] = CHAOS_KINDS
@@ -93,6 +93,7 @@ class LocalStack:
         self.moto_url = ""
         self.customerio_url = ""
         self.customerio_mode = ""
+        self.ignored_variables: list[str] = []
         self.sandbox: SandboxCustomerIO | None = None
         self.secret_arn = ""
         self.functions: list[FunctionSpec] = []
@@ -224,23 +225,30 @@ class LocalStack:
         self._saved_env = None
 
     def _customerio(self) -> dict[str, str]:
-        """Start the sandbox unless real credentials are given; returns the secret's JSON values."""
+        """Start the sandbox unless asked for the real Customer.io; returns the secret's JSON values.
+
+        CUSTOMERIO_* variables in the shell count only with `--real`: a stray key in a shell profile
+        must never turn a local run into writes to a real workspace.
+        """
         options = self.options
+        if options.customerio not in ("sandbox", "real"):
+            raise ValueError(f"customerio must be 'sandbox' or 'real', not {options.customerio!r}")
         given = {
             key: self._environ[name] for name, key in CREDENTIAL_VARIABLES.items() if self._environ.get(name)
         }
-        mode = options.customerio
-        if mode == "auto":
-            mode = "real" if given else "sandbox"
-        if mode == "real":
+        if options.customerio == "real":
             if not given:
                 raise TemplateError(
-                    "--customerio real needs CUSTOMERIO_PIPELINES_API_KEY / CUSTOMERIO_APP_TOKEN"
+                    "--real needs Customer.io credentials in the environment: CUSTOMERIO_PIPELINES_API_KEY "
+                    "(or CUSTOMERIO_SITE_ID + CUSTOMERIO_TRACK_TOKEN) and CUSTOMERIO_APP_TOKEN"
                 )
             self.customerio_mode = "real"
             region = (self._environ.get("CUSTOMERIO_REGION") or "us").lower()
             self.customerio_url = self._environ.get("CUSTOMERIO_PIPELINES_URL") or f"Customer.io {region}"
             return {**given, "region": region}
+        self.ignored_variables = sorted(
+            name for name in self._environ if name.startswith("CUSTOMERIO_") and self._environ[name]
+        )
         token = secrets.token_hex(8)
         keys = {"pipelines_api_key": f"sandbox-pipelines-{token}", "app_api_key": f"sandbox-app-{token}"}
         self.sandbox = SandboxCustomerIO(
@@ -352,6 +360,25 @@ class LocalStack:
                     env[name] = first[name]
         return env
 
+    def where_calls_go(self) -> list[str]:
+        """The banner's plain-words lines about which Customer.io the relay talks to."""
+        if self.customerio_mode == "real":
+            return [
+                f"Customer.io: your REAL workspace ({self.customerio_url}), because of --real.",
+                "  WARNING: real Customer.io: these calls change your workspace: people are created, "
+                "updated and deleted, and emails are really sent.",
+            ]
+        lines = [
+            f"Customer.io: the local sandbox at {self.customerio_url}. Nothing leaves this machine; "
+            f"what the sandbox received is on {self.sandbox_url}",
+        ]
+        if self.ignored_variables:
+            lines.append(
+                f"  ignored: {', '.join(self.ignored_variables)} (set in this shell; "
+                "`make run ARGS=--real` sends to the real Customer.io with them)"
+            )
+        return lines
+
     def banner(self) -> str:
         """What `make run` prints once everything listens: KEY=value lines first (scripts parse them)."""
         lines = [
@@ -362,6 +389,7 @@ class LocalStack:
             f"SANDBOX_URL={self.sandbox_url}",
             f"CUSTOMERIO_URL={self.customerio_url}",
             f"MOTO_URL={self.moto_url}",
+            *self.where_calls_go(),
         ]
         for poller in self.pollers:
             lines.append(
@@ -376,8 +404,6 @@ class LocalStack:
         lines.append(
             f"  retries: base {self.options.retry_base:g} s, cap {self.options.retry_cap:g} s; chaos: {chaos}"
         )
-        if self.customerio_mode == "real":
-            lines.append("  WARNING: real Customer.io: these calls change your workspace")
         key = shlex.quote(f"x-api-key: {self.api_key}")
         identify = json.dumps({"userId": "user-1", "traits": {"email": "ada@example.com", "plan": "pro"}})
         email = json.dumps(
@@ -388,13 +414,20 @@ class LocalStack:
                 "message_data": {"name": "Ada"},
             }
         )
+        if self.customerio_mode == "real":
+            target = "your REAL Customer.io workspace"
+            email_note = "a REAL email to ada@example.com"
+        else:
+            target = f"the local sandbox ({self.sandbox_url} shows it)"
+            email_note = "the sandbox records it; nothing is emailed"
         lines += [
-            "Try:",
+            f"Try (these go to the local API at {self.api_url}, which forwards to {target}):",
+            "  # identify user-1: queued on EventsQueue, delivered in a /v1/batch call",
             f"  curl -sS -X POST {self.api_url}/v1/identify -H {key} -H 'content-type: application/json' "
             f"-d {shlex.quote(identify)}",
+            f"  # send transactional message 1: {email_note}",
             f"  curl -sS -X POST {self.api_url}/v1/send/email -H {key} -H 'content-type: application/json' "
             f"-d {shlex.quote(email)}",
-            f"then open {self.sandbox_url}",
             "Operations CLI against this stack (another terminal, from the repository root):",
             "  export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in self.ops_environment().items()),
             "  .venv/bin/cio-relay dlq list",

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 import urllib3
 
 from local_stack import LocalStack, Options
-from local_stack.template import Template
+from local_stack.template import Template, TemplateError
 from tests.support import REGION, ROOT
 
 START_TIMEOUT = 60
@@ -342,12 +343,50 @@ def test_resources_come_from_the_template_and_its_parameters() -> None:
     assert events.environment["CUSTOMERIO_SECRET_ID"] == stack.secret_arn
     assert events.environment["POWERTOOLS_SERVICE_NAME"] == "cio-relay-events"
     assert events.environment["RETRY_BASE_SECONDS"] == "2"
-    # ... and the secret has DESIGN.md's shape, with the sandbox's keys
+    # ... and the secret has docs/design.md's shape, with the sandbox's keys
     assert set(secret) == {"pipelines_api_key", "app_api_key", "region"}
 
 
-def test_real_credentials_in_the_environment_select_the_real_customerio() -> None:
-    # GIVEN Customer.io credentials in the environment, as DESIGN.md names them
+def test_customerio_variables_in_the_shell_are_ignored_without_real() -> None:
+    # GIVEN Customer.io credentials in the shell, but no --real
+    environ = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CUSTOMERIO_")},
+        "CUSTOMERIO_PIPELINES_API_KEY": "pk-real-0001",
+        "CUSTOMERIO_APP_TOKEN": "app-real-0002",
+    }
+
+    # WHEN the stack starts with the defaults (what `make run` does)
+    with LocalStack(Options(port=0, sandbox_port=0, pollers=False), environ=environ) as stack:
+        secrets = boto3.client("secretsmanager", endpoint_url=stack.moto_url, region_name=REGION)
+        secret = json.loads(secrets.get_secret_value(SecretId=stack.secret_arn)["SecretString"])
+        banner = stack.banner()
+        env = stack.functions[0].environment
+
+    # THEN the functions talk to the sandbox with the sandbox's keys, never the shell's
+    assert stack.customerio_mode == "sandbox"
+    assert stack.sandbox is not None
+    assert env["CUSTOMERIO_PIPELINES_URL"] == env["CUSTOMERIO_APP_URL"] == stack.sandbox.url
+    assert "pk-real-0001" not in json.dumps(secret)
+    assert "app-real-0002" not in json.dumps(secret)
+    # ... and the banner says in plain words where calls go, and which variables it ignored
+    assert "Nothing leaves this machine" in banner
+    assert "ignored: CUSTOMERIO_APP_TOKEN, CUSTOMERIO_PIPELINES_API_KEY" in banner
+    assert "--real" in banner
+    assert "WARNING: real Customer.io" not in banner
+    assert "pk-real-0001" not in banner
+
+
+def test_real_without_credentials_refuses_to_start() -> None:
+    # GIVEN --real but no Customer.io credentials anywhere
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CUSTOMERIO_")}
+
+    # WHEN the stack starts, THEN it refuses, naming the variables it needs
+    with pytest.raises(TemplateError, match="CUSTOMERIO_PIPELINES_API_KEY"):
+        LocalStack(Options(port=0, sandbox_port=0, pollers=False, customerio="real"), environ=environ).start()
+
+
+def test_real_selects_the_real_customerio_with_the_shells_credentials() -> None:
+    # GIVEN Customer.io credentials in the environment, as docs/design.md names them
     environ = {
         **os.environ,
         "CUSTOMERIO_PIPELINES_API_KEY": "pk-real-0001",
@@ -355,8 +394,8 @@ def test_real_credentials_in_the_environment_select_the_real_customerio() -> Non
         "CUSTOMERIO_REGION": "eu",
     }
 
-    # WHEN the stack starts (nothing is sent anywhere: no request is made)
-    options = Options(port=0, sandbox_port=0, pollers=False)
+    # WHEN the stack starts with --real (nothing is sent anywhere: no request is made)
+    options = Options(port=0, sandbox_port=0, pollers=False, customerio="real")
     with LocalStack(options, environ=environ) as stack:
         secrets = boto3.client("secretsmanager", endpoint_url=stack.moto_url, region_name=REGION)
         secret = json.loads(secrets.get_secret_value(SecretId=stack.secret_arn)["SecretString"])

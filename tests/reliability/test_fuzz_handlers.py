@@ -1,7 +1,7 @@
 """Fuzzing both handlers end to end: API Gateway events and SQS batches of hostile bodies.
 
 Real handlers, moto queues (with their dead-letter queues) and the fake Customer.io. The properties:
-- an API request never gets a 5xx, every error answer is DESIGN.md's JSON ({code, message}), and a
+- an API request never gets a 5xx, every error answer is docs/design.md's JSON ({code, message}), and a
   refused request queues nothing and calls Customer.io for nothing;
 - an SQS invocation never raises anything but the all-records-failed BatchProcessingError, and every
   record ends exactly one way: delivered to the fake, reported for retry, or dead-lettered with a

@@ -6,7 +6,7 @@ and the Customer.io sandbox. Checks:
 
 - not_a_server_error: no 5xx, whatever the input;
 - a 2xx answer matches the schema the document gives for it (schemathesis' response_schema_conformance);
-- every error answer is DESIGN.md's JSON, with string `code` and `message`.
+- every error answer is docs/design.md's JSON, with string `code` and `message`.
 
 Deliberately not run: schemathesis' status_code_conformance and response_schema_conformance on
 4xx, because the generated documents list only 200/202, 422 (as Powertools' `{"detail": [...]}`

@@ -3,7 +3,7 @@
 tests/template already proves the deployed API authenticates every route (the SAM transform with
 ApiAuth=API_KEY and AWS_IAM). Here the running local stack is held to the same rule: each route the
 template declares, called without the x-api-key header or with a wrong one, answers API Gateway's 403
-in DESIGN.md's JSON shape and never reaches a function (no queue message, no Customer.io call).
+in docs/design.md's JSON shape and never reaches a function (no queue message, no Customer.io call).
 ApiAuth=AWS_IAM is not emulated locally (the local stack says so when started that way).
 """
 
@@ -85,7 +85,7 @@ def test_local_stack_protects_every_route_of_the_template(local: LocalStack) -> 
             # WHEN a caller calls it without the right key
             answer = request(local, route, key)
 
-            # THEN API Gateway answers 403 in DESIGN.md's shape, before any function runs
+            # THEN API Gateway answers 403 in docs/design.md's shape, before any function runs
             assert answer.status == 403, (route.method, route.path, key, answer.status)
             body = answer.json()
             assert body["code"] == "INVALID_API_KEY"

@@ -853,7 +853,7 @@ def test_cfn_lint_is_really_run(tmp_path: Path) -> None:
 
 
 def test_sam_validate_lint() -> None:
-    # Given the SAM CLI, which is optional (it needs its own venv; see README "Checks")
+    # Given the SAM CLI, which is optional (it needs its own venv; see docs/deploying.md "Checks")
     sam = shutil.which("sam")
     if sam is None:
         pytest.skip("sam CLI not on PATH (optional; `make build` installs it in .venv-sam)")
@@ -1103,7 +1103,7 @@ def test_checks_catch_broken_templates(
 
 
 def test_environment_variables(template: Template) -> None:
-    # Given the variables the layer reads (DESIGN.md "Configuration")
+    # Given the variables the layer reads (docs/design.md "Configuration")
     variables = template["Globals"]["Function"]["Environment"]["Variables"]
     # Then both functions get all of them through Globals, and each names its own service
     assert set(variables) >= EXPECTED_ENVIRONMENT

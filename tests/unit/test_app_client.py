@@ -35,7 +35,7 @@ def app(fake_cio: FakeCustomerIO) -> AppClient:
 
 
 def full_email() -> dict[str, Any]:
-    """A send with every field DESIGN.md lists, as Customer.io takes it."""
+    """A send with every field docs/design.md lists, as Customer.io takes it."""
     return {
         "transactional_message_id": 42,
         "to": '"Ada Lovelace" <ada@example.com>',

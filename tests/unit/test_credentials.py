@@ -53,7 +53,7 @@ class CountingReader:
 
 
 class Secret:
-    """A Customer.io secret in moto's Secrets Manager, in DESIGN.md's JSON format."""
+    """A Customer.io secret in moto's Secrets Manager, in docs/design.md's JSON format."""
 
     def __init__(self, value: dict[str, str] | str) -> None:
         self.client = secretsmanager()
@@ -330,7 +330,7 @@ def test_credentials_missing_secret_names_the_secret(fake: FakeCustomerIO) -> No
 def test_credentials_malformed_secret_is_a_configuration_error_without_its_value(
     fake: FakeCustomerIO, value: str, expected: str
 ) -> None:
-    # GIVEN a secret that is not DESIGN.md's JSON object
+    # GIVEN a secret that is not docs/design.md's JSON object
     secret = Secret(value)
     cio = client_for(settings_for(fake, secret.arn), CountingReader())
 

@@ -1,4 +1,4 @@
-"""DESIGN.md's delivery table as pure functions: backoff_delay and decide."""
+"""The delivery table (docs/delivery.md) as pure functions: backoff_delay and decide."""
 
 from __future__ import annotations
 

@@ -288,7 +288,7 @@ def test_send_email_send_at_within_ninety_days_passes() -> None:
 
 
 def test_send_email_wire_has_every_field_with_from_alias() -> None:
-    # GIVEN a send with every field DESIGN.md lists, built by attribute name
+    # GIVEN a send with every field docs/design.md lists, built by attribute name
     send_at = int(time.time()) + DAY
     attachments = {"invoice.pdf": base64.b64encode(b"%PDF-1.4").decode()}
     model = SendEmail(

@@ -1,4 +1,4 @@
-"""DESIGN.md's delivery table as code: a failed record is retried later with backoff, or dead-lettered."""
+"""The delivery table (docs/delivery.md) as code: a failed record is retried with backoff or dead-lettered."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def failure_status(exc: BaseException) -> str:
 
 
 def decide(exc: BaseException, receive_count: int, settings: Settings) -> Decision:
-    """Map a failure to what happens to its record (DESIGN.md, "Delivery policy")."""
+    """Map a failure to what happens to its record (docs/delivery.md, "Delivery policy")."""
     reason = str(exc) if isinstance(exc, CioRelayError) else f"unexpected {type(exc).__name__}"
     status = failure_status(exc)
     if isinstance(exc, CioRelayError) and exc.classification is Classification.PERMANENT:

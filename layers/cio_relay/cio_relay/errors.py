@@ -6,7 +6,7 @@ from enum import StrEnum
 
 
 class Classification(StrEnum):
-    """How DESIGN.md's delivery policy treats a failure."""
+    """How the delivery policy (docs/delivery.md) treats a failure."""
 
     RETRYABLE = "retryable"
     AUTH = "auth"

@@ -192,7 +192,7 @@ def correlate(app: APIGatewayRestResolver, next_middleware: NextMiddleware) -> R
 
 
 def create_resolver(*, title: str) -> APIGatewayRestResolver:
-    """A REST resolver with validation on and every error mapped to DESIGN.md's JSON shape."""
+    """A REST resolver with validation on and every error mapped to docs/design.md's JSON shape."""
     app = APIGatewayRestResolver(
         enable_validation=True,
         response_validation_error_http_code=HTTPStatus.INTERNAL_SERVER_ERROR,

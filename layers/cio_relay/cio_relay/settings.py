@@ -18,7 +18,7 @@ APP_HOSTS: dict[str, str] = {"us": "https://api.customer.io", "eu": "https://api
 
 
 class Settings(BaseModel):
-    """Every setting is named after its environment variable (see README "Configuration")."""
+    """Every setting is named after its environment variable (see docs/design.md "Configuration")."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
@@ -39,7 +39,7 @@ class Settings(BaseModel):
     max_receive_count: int | None = Field(None, ge=1, le=1000, alias="MAX_RECEIVE_COUNT")
     event_name_policy: Literal["warn", "reject", "off"] = Field("warn", alias="EVENT_NAME_POLICY")
     tracing_enabled: bool = Field(False, alias="TRACING_ENABLED")
-    # Local runs only (DESIGN.md): used when CUSTOMERIO_SECRET_ID is unset.
+    # Local runs only (docs/design.md): used when CUSTOMERIO_SECRET_ID is unset.
     local_pipelines_api_key: str | None = Field(None, alias="CUSTOMERIO_PIPELINES_API_KEY", repr=False)
     local_site_id: str | None = Field(None, alias="CUSTOMERIO_SITE_ID", repr=False)
     local_track_api_key: str | None = Field(None, alias="CUSTOMERIO_TRACK_TOKEN", repr=False)

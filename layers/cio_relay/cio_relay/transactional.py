@@ -96,7 +96,7 @@ class Mailer:
     """Send each email once per idempotency key: now (API) or from EmailQueue (SQS).
 
     A send whose answer never came (read timeout) is retried, so Customer.io may get it twice:
-    the README's at-least-once choice. Every other repeat is answered from the idempotency record.
+    the at-least-once choice in docs/delivery.md. Every other repeat is answered from the idempotency record.
     """
 
     def __init__(

@@ -89,7 +89,7 @@ class Transport:
 
     The one exception: a connection that drops before any answer (typically a pooled keep-alive
     connection the server already closed) is tried once more on a fresh connection. That can repeat
-    a request Customer.io received, which is the at-least-once choice the README documents.
+    a request Customer.io received, which is the at-least-once choice docs/delivery.md documents.
     """
 
     def __init__(

@@ -108,7 +108,7 @@ class Group(PipelinesCall):
     traits: dict[str, Any] | None = None
 
     def requires_identity(self) -> bool:
-        # DESIGN.md: a group call is identified by its groupId.
+        # docs/design.md: a group call is identified by its groupId.
         return False
 
 
