@@ -1,14 +1,18 @@
 """A local API Gateway (REST API, Lambda proxy integration) in front of the real handlers.
 
-Each HTTP request is matched against the routes template.yaml declares, checked for the API key the
-deployed API would require, turned into an API Gateway REST proxy event and handed to the function.
-API Gateway's own answers (unknown route, missing key, function error) use the template's
-GatewayResponses when it has them, otherwise API Gateway's defaults (`{"message": "Forbidden"}`).
+Each HTTP request is matched against the routes template.yaml declares, run through the API's Lambda
+REQUEST authorizer when it has one (the template's own function, as API Gateway runs it), checked for
+the API key the deployed API would require (from x-api-key, or from the authorizer's
+`usageIdentifierKey` when ApiKeySourceType is AUTHORIZER), turned into an API Gateway REST proxy event
+and handed to the function. API Gateway's own answers (unknown route, missing or unknown key,
+function error) use the template's GatewayResponses when it has them, otherwise API Gateway's
+defaults (`{"message": "Forbidden"}`).
 """
 
 from __future__ import annotations
 
 import base64
+import fnmatch
 import json
 import re
 import threading
@@ -22,7 +26,7 @@ from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from local_stack.runtime import Invocation, summarize
-from local_stack.template import ApiRoute, ApiSpec
+from local_stack.template import ApiRoute, ApiSpec, Authorizer
 
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway's request payload limit
 ACCOUNT_ID = "123456789012"
@@ -42,6 +46,13 @@ MISSING_ROUTE = GatewayError(
     403, "MISSING_AUTHENTICATION_TOKEN", "Missing Authentication Token", "MissingAuthenticationTokenException"
 )
 FORBIDDEN = GatewayError(403, "INVALID_API_KEY", "Forbidden", "ForbiddenException")
+UNAUTHORIZED = GatewayError(401, "UNAUTHORIZED", "Unauthorized", "UnauthorizedException")
+ACCESS_DENIED = GatewayError(
+    403, "ACCESS_DENIED", "User is not authorized to access this resource", "AccessDeniedException"
+)
+AUTHORIZER_FAILURE = GatewayError(
+    500, "AUTHORIZER_FAILURE", "Internal server error", "AuthorizerConfigurationException"
+)
 TOO_LARGE = GatewayError(413, "REQUEST_TOO_LARGE", "Request Too Long", "RequestTooLargeException")
 FUNCTION_ERROR = GatewayError(
     502, "INTEGRATION_FAILURE", "Internal server error", "InternalServerErrorException"
@@ -56,7 +67,7 @@ class _Route:
 
 
 def render_gateway_response(
-    error: GatewayError, responses: dict[str, Any], request_id: str
+    error: GatewayError, responses: dict[str, Any], request_id: str, method: str = "", path: str = ""
 ) -> tuple[int, dict[str, str], bytes]:
     """API Gateway's answer for `error`, using the template's GatewayResponses (specific, then DEFAULT_*)."""
     default_kind = "DEFAULT_5XX" if error.status >= 500 else "DEFAULT_4XX"
@@ -69,6 +80,8 @@ def render_gateway_response(
         "$context.error.message": error.message,
         "$context.error.validationErrorString": "",
         "$context.requestId": request_id,
+        "$context.httpMethod": method,
+        "$context.path": path,
     }
     if template:
         body = re.sub(r"\$context\.[A-Za-z.]+", lambda m: context.get(m.group(0), m.group(0)), str(template))
@@ -152,9 +165,6 @@ class ApiGateway:
         if match is None:
             return self._gateway(method, path, MISSING_ROUTE, gateway_responses, request_id, started)
         route, parameters = match
-        supplied_key = next((v for k, v in headers if k.lower() == "x-api-key"), None)
-        if route.api_key_required and supplied_key != self.api_key:
-            return self._gateway(method, path, FORBIDDEN, gateway_responses, request_id, started)
         if len(body) > MAX_PAYLOAD_BYTES:
             return self._gateway(method, path, TOO_LARGE, gateway_responses, request_id, started)
         event = self.event(
@@ -167,8 +177,28 @@ class ApiGateway:
             parameters,
             client_ip,
             request_id,
-            supplied_key,
         )
+        api = self._apis[route.route.api]
+        granted: dict[str, Any] = {}
+        if api.authorizer is not None:
+            outcome = self._authorize(api.authorizer, event)
+            if isinstance(outcome, GatewayError):
+                return self._gateway(method, path, outcome, gateway_responses, request_id, started)
+            granted = outcome
+        if api.api_key_source == "AUTHORIZER":
+            supplied_key = granted.get("usageIdentifierKey")
+        else:
+            supplied_key = next((v for k, v in headers if k.lower() == "x-api-key"), None)
+        if route.api_key_required and supplied_key != self.api_key:
+            return self._gateway(method, path, FORBIDDEN, gateway_responses, request_id, started)
+        context = event["requestContext"]
+        if route.api_key_required:
+            context["identity"].update(apiKey=supplied_key, apiKeyId="local")
+        if granted:
+            context["authorizer"] = {
+                "principalId": granted.get("principalId"),
+                **(granted.get("context") or {}),
+            }
         invocation = self._invoke(route.route.function, event)
         try:
             status, response_headers, payload = proxy_response(invocation)
@@ -183,6 +213,30 @@ class ApiGateway:
         lines.extend(f"     {line}" for line in summarize(invocation.notes))
         self._report("\n".join(lines))
         return status, response_headers, payload
+
+    def _authorize(self, authorizer: Authorizer, event: dict[str, Any]) -> dict[str, Any] | GatewayError:
+        """Run a REQUEST authorizer as API Gateway does: its answer, or API Gateway's error for it."""
+        present = {name.lower() for name, value in (event["headers"] or {}).items() if value}
+        if any(
+            header.removeprefix("method.request.header.").lower() not in present
+            for header in authorizer.headers
+        ):
+            return UNAUTHORIZED  # an identity source is missing: the authorizer is not even called
+        context = event["requestContext"]
+        method_arn = (
+            f"arn:aws:execute-api:us-east-1:{ACCOUNT_ID}:{context['apiId']}/{context['stage']}"
+            f"/{event['httpMethod']}{event['path']}"
+        )
+        request = {k: v for k, v in event.items() if k not in ("body", "isBase64Encoded")}
+        invocation = self._invoke(
+            authorizer.function, {"type": "REQUEST", "methodArn": method_arn, **request}
+        )
+        if invocation.error is not None:
+            return UNAUTHORIZED if str(invocation.error) == "Unauthorized" else AUTHORIZER_FAILURE
+        result = invocation.result
+        if not isinstance(result, dict) or "principalId" not in result or "policyDocument" not in result:
+            return AUTHORIZER_FAILURE
+        return result if allows(result["policyDocument"], method_arn) else ACCESS_DENIED
 
     def _match(self, method: str, path: str) -> tuple[_Route, dict[str, str]] | None:
         for route in self._routes:
@@ -200,7 +254,7 @@ class ApiGateway:
         request_id: str,
         started: float,
     ) -> tuple[int, list[tuple[str, str]], bytes]:
-        status, headers, body = render_gateway_response(error, responses, request_id)
+        status, headers, body = render_gateway_response(error, responses, request_id, method, path)
         headers["x-amzn-RequestId"] = request_id
         self._report(
             f"API  {method} {path} {status} {error.response_type} "
@@ -219,7 +273,6 @@ class ApiGateway:
         parameters: dict[str, str],
         client_ip: str,
         request_id: str,
-        api_key: str | None,
     ) -> dict[str, Any]:
         """The REST API proxy event API Gateway would send for this request."""
         stage = self._apis[route.api].stage
@@ -258,8 +311,8 @@ class ApiGateway:
                 "identity": {
                     "sourceIp": client_ip,
                     "userAgent": user_agent,
-                    "apiKey": api_key,
-                    "apiKeyId": "local" if api_key else None,
+                    "apiKey": None,
+                    "apiKeyId": None,
                     "caller": None,
                     "user": None,
                     "userArn": None,
@@ -276,6 +329,26 @@ class ApiGateway:
             "body": text,
             "isBase64Encoded": is_base64,
         }
+
+
+def allows(policy: Any, method_arn: str) -> bool:
+    """An IAM policy document allows execute-api:Invoke on method_arn (an explicit Deny wins)."""
+    statements = policy.get("Statement") if isinstance(policy, dict) else None
+    allowed = False
+    for statement in statements if isinstance(statements, list) else [statements]:
+        if not isinstance(statement, dict):
+            continue
+        actions = statement.get("Action")
+        resources = statement.get("Resource")
+        actions = actions if isinstance(actions, list) else [actions]
+        resources = resources if isinstance(resources, list) else [resources]
+        matches = any(fnmatch.fnmatchcase("execute-api:Invoke", str(a)) for a in actions) and any(
+            fnmatch.fnmatchcase(method_arn, str(r)) for r in resources
+        )
+        if matches and statement.get("Effect") == "Deny":
+            return False
+        allowed = allowed or (matches and statement.get("Effect") == "Allow")
+    return allowed
 
 
 def proxy_response(invocation: Invocation) -> tuple[int, list[tuple[str, str]], bytes]:

@@ -269,12 +269,24 @@ class FunctionSpec:
 
 
 @dataclass(frozen=True)
+class Authorizer:
+    """A Lambda REQUEST authorizer of an API: the function, its identity sources and cache TTL."""
+
+    name: str
+    function: str  # logical id of the function
+    headers: tuple[str, ...] = ()  # identity sources: each must be present, or API Gateway answers 401
+    ttl_seconds: int = 300
+
+
+@dataclass(frozen=True)
 class ApiSpec:
     logical_id: str
     stage: str
     api_key_required: bool
     iam: bool
     gateway_responses: dict[str, Any]
+    authorizer: Authorizer | None = None  # the API's DefaultAuthorizer when it is a Lambda REQUEST one
+    api_key_source: str = "HEADER"  # HEADER (x-api-key) or AUTHORIZER (its usageIdentifierKey)
 
 
 class Template:
@@ -419,4 +431,41 @@ class Template:
             api_key_required=Resolver._truth(auth.get("ApiKeyRequired", False)),
             iam=auth.get("DefaultAuthorizer") == "AWS_IAM",
             gateway_responses=properties.get("GatewayResponses") or {},
+            authorizer=self._authorizer(spec or {}, str(auth.get("DefaultAuthorizer") or ""), resolver),
+            api_key_source=cfn_string(properties.get("ApiKeySourceType", "HEADER")),
         )
+
+    def _authorizer(self, api: dict[str, Any], name: str, resolver: Resolver) -> Authorizer | None:
+        """The named Lambda REQUEST authorizer, its FunctionArn read as the function's logical id."""
+        raw = choose_branches(((api.get("Properties") or {}).get("Auth") or {}).get("Authorizers"), resolver)
+        config = raw.get(name) if isinstance(raw, dict) else None
+        if not isinstance(config, dict) or "FunctionArn" not in config:
+            return None
+        arn = config["FunctionArn"]
+        if not (isinstance(arn, dict) and "Fn::GetAtt" in arn):
+            raise TemplateError(f"authorizer {name}: FunctionArn must be !GetAtt <function>.Arn locally")
+        target = arn["Fn::GetAtt"]
+        function = str(target[0] if isinstance(target, list) else str(target).split(".", 1)[0])
+        if str(resolver.resolve(config.get("FunctionPayloadType", "TOKEN"))).upper() != "REQUEST":
+            raise TemplateError(f"authorizer {name}: only REQUEST authorizers are run locally")
+        identity = resolver.resolve(config.get("Identity") or {})
+        return Authorizer(
+            name=name,
+            function=function,
+            headers=tuple(str(h) for h in identity.get("Headers") or ()),
+            ttl_seconds=int(identity.get("ReauthorizeEvery", 300)),
+        )
+
+
+def choose_branches(node: Any, resolver: Resolver) -> Any:
+    """`node` with every Fn::If replaced by its chosen branch and nothing else resolved."""
+    if isinstance(node, dict):
+        if list(node) == ["Fn::If"]:
+            name, when_true, when_false = node["Fn::If"]
+            return choose_branches(when_true if resolver.condition(str(name)) else when_false, resolver)
+        if node == {"Ref": "AWS::NoValue"}:
+            return None
+        return {key: choose_branches(value, resolver) for key, value in node.items()}
+    if isinstance(node, list):
+        return [choose_branches(item, resolver) for item in node]
+    return node

@@ -191,11 +191,12 @@ def test_every_operation_goes_through_the_local_stack(tmp_path: Path) -> None:
         assert email.status == 200
         assert email.json()["delivery_id"].startswith("fake-")
         # ... and API Gateway's own answers come first, as deployed
-        assert no_key.status == 403
-        assert no_key.json()["message"] == "Forbidden"
+        assert no_key.status == 401
+        assert no_key.json()["code"] == "UNAUTHORIZED"
         assert wrong_key.status == 403
-        assert no_route.status == 403
-        assert no_route.json()["message"] == "Missing Authentication Token"
+        assert wrong_key.json()["code"] == "INVALID_API_KEY"
+        assert no_route.status == 404
+        assert "GET /v1/nothing-here" in no_route.json()["message"]
         assert invalid.status == 422
         assert invalid.json()["code"] == "validation_error"
 

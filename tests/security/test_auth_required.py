@@ -1,14 +1,16 @@
 """No one gets in without a key: the local stack's API Gateway refuses every route without it.
 
 tests/template already proves the deployed API authenticates every route (the SAM transform with
-ApiAuth=API_KEY and AWS_IAM). Here the running local stack is held to the same rule: each route the
-template declares, called without the x-api-key header or with a wrong one, answers API Gateway's 403
-in docs/design.md's JSON shape and never reaches a function (no queue message, no Customer.io call).
-ApiAuth=AWS_IAM is not emulated locally (the local stack says so when started that way).
+ApiAuth=API_KEY and AWS_IAM). Here the running local stack, which runs the template's own key
+authorizer, is held to the same rule: each route the template declares, called without a key answers
+API Gateway's 401, with a wrong one its 403, both in docs/design.md's JSON shape, and never reaches a
+function (no queue message, no Customer.io call). The right key passes in each of the three forms
+an SDK sends it. ApiAuth=AWS_IAM is not emulated locally (the local stack says so when started that way).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -53,11 +55,24 @@ def routes(stack: LocalStack) -> list[ApiRoute]:
     return [route for spec in stack.functions for route in spec.routes]
 
 
-def request(stack: LocalStack, route: ApiRoute, key: str | None) -> urllib3.BaseHTTPResponse:
+def key_headers(form: str, key: str) -> dict[str, str]:
+    """The key as x-api-key, as the Basic username (any password) or as a Bearer token."""
+    if form == "basic":
+        return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+    if form == "basic-with-password":
+        return {"Authorization": "Basic " + base64.b64encode(f"{key}:ignored".encode()).decode()}
+    if form == "bearer":
+        return {"Authorization": f"Bearer {key}"}
+    return {"x-api-key": key}
+
+
+def request(
+    stack: LocalStack, route: ApiRoute, key: str | None, form: str = "x-api-key"
+) -> urllib3.BaseHTTPResponse:
     path = route.path.replace("{id}", "user-1")
     headers = {"content-type": "application/json"}
     if key is not None:
-        headers["x-api-key"] = key
+        headers.update(key_headers(form, key))
     body = BODIES.get(route.path)
     return urllib3.request(
         route.method, stack.api_url + path, body=None if body is None else json.dumps(body), headers=headers
@@ -81,26 +96,41 @@ def test_local_stack_protects_every_route_of_the_template(local: LocalStack) -> 
     }
 
     for route in declared:
-        for key in (None, "", "not-the-key", local.api_key.upper()):
-            # WHEN a caller calls it without the right key
-            answer = request(local, route, key)
+        for key, form in ((None, "x-api-key"), ("", "x-api-key"), ("", "basic"), ("", "bearer")):
+            # WHEN a caller calls it without a key
+            answer = request(local, route, key, form)
 
-            # THEN API Gateway answers 403 in docs/design.md's shape, before any function runs
-            assert answer.status == 403, (route.method, route.path, key, answer.status)
+            # THEN API Gateway answers 401 in the contract's shape, saying how to send one
+            assert answer.status == 401, (route.method, route.path, form, answer.status)
+            body = answer.json()
+            assert body["code"] == "UNAUTHORIZED"
+            assert "Bearer" in body["message"]
+        for key, form in (
+            ("not-the-key", "x-api-key"),
+            (local.api_key.upper(), "x-api-key"),
+            ("not-the-key", "basic"),
+            ("not-the-key", "bearer"),
+        ):
+            # WHEN a caller presents a key the API does not know
+            answer = request(local, route, key, form)
+
+            # THEN API Gateway answers 403, before any function runs
+            assert answer.status == 403, (route.method, route.path, key, form, answer.status)
             body = answer.json()
             assert body["code"] == "INVALID_API_KEY"
-            assert body["message"] == "Forbidden"
+            assert body["message"].startswith("Forbidden")
     assert footprint(local) == before
 
 
-def test_local_stack_lets_the_right_key_through(local: LocalStack) -> None:
-    # GIVEN the key the stack requires
+@pytest.mark.parametrize("form", ["x-api-key", "basic", "basic-with-password", "bearer"])
+def test_local_stack_lets_the_right_key_through(local: LocalStack, form: str) -> None:
+    # GIVEN the key the stack requires, presented the way one SDK or another sends it
     for route in routes(local):
         # WHEN each route is called with it
-        answer = request(local, route, local.api_key)
+        answer = request(local, route, local.api_key, form)
 
-        # THEN the function answers (not API Gateway's 403)
-        assert answer.status != 403, (route.method, route.path, answer.data[:200])
+        # THEN the function answers (not API Gateway's 401 or 403)
+        assert answer.status not in (401, 403), (route.method, route.path, answer.data[:200])
         assert answer.status < 500, (route.method, route.path, answer.data[:200])
 
 
@@ -115,6 +145,8 @@ def test_unknown_routes_are_refused_like_api_gateway(local: LocalStack) -> None:
         # WHEN they are called, even with the key
         answer = urllib3.request(method, local.api_url + path, headers={"x-api-key": local.api_key})
 
-        # THEN API Gateway answers 403 MISSING_AUTHENTICATION_TOKEN in the same JSON shape
-        assert answer.status == 403
-        assert answer.json()["code"] == "MISSING_AUTHENTICATION_TOKEN"
+        # THEN API Gateway answers 404 naming the method and path, in the same JSON shape
+        assert answer.status == 404, (method, path, answer.status)
+        body = answer.json()
+        assert body["code"] == "not_found"
+        assert f"{method} {path}" in body["message"]

@@ -89,6 +89,7 @@ SERVICE_NAMES = {"EventsFunction": "cio-relay-events", "EmailFunction": "cio-rel
 EXPECTED_OUTPUTS = {
     "ApiUrl",
     "ApiKeyId",
+    "CustomDomainUrl",
     "EventsQueueUrl",
     "EventsQueueArn",
     "EmailQueueUrl",
@@ -604,6 +605,11 @@ def architecture_problems(t: Template) -> list[str]:
 SCENARIOS: dict[str, dict[str, str]] = {
     "defaults": {},
     "iam-auth": {"ApiAuth": "AWS_IAM"},
+    "custom-domain": {
+        "CustomDomainName": "relay.example.com",
+        "CustomDomainCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/0f6a6b8e-1234",
+        "CustomDomainHostedZoneId": "Z0123456789ABCDEFGHIJ",
+    },
     "everything-on": {
         "Tracing": "Active",
         "CustomerIoSecretKmsKeyArn": EXAMPLE_KMS_KEY_ARN,
@@ -667,6 +673,9 @@ def iam_transform_problems(transformed: Template, params: dict[str, str]) -> lis
     present = present_resources(transformed, params)
     roles = {lid for lid, r in present.items() if r["Type"] == "AWS::IAM::Role"}
     expected_roles = {f"{function_id}Role" for function_id in FUNCTIONS}
+    if params.get("ApiAuth") == "API_KEY":
+        expected_roles.add("AuthorizerFunctionRole")
+        problems += authorizer_role_problems(transformed, params)
     if params.get("CreateApiGatewayLoggingRole") == "true":
         expected_roles.add("ApiGatewayCloudWatchRole")
     if roles != expected_roles:
@@ -693,6 +702,23 @@ def iam_transform_problems(transformed: Template, params: dict[str, str]) -> lis
             problems.append(f"{role_id}: grants more than expected: {sorted(granted - wanted)}")
         if wanted - granted:
             problems.append(f"{role_id}: lacks {sorted(wanted - granted)}")
+    return problems
+
+
+def authorizer_role_problems(transformed: Template, params: dict[str, str]) -> list[str]:
+    """The authorizer writes its own logs (and traces when tracing is on), nothing else."""
+    role = transformed["Resources"]["AuthorizerFunctionRole"]["Properties"]
+    wanted = {
+        (action, "AuthorizerFunctionLogGroup.Arn") for action in ("logs:CreateLogStream", "logs:PutLogEvents")
+    }
+    if params.get("Tracing") == "Active":
+        wanted |= {(action, "*") for action in XRAY_WRITE_ACTIONS}
+    granted = granted_permissions(transformed, "AuthorizerFunctionRole")
+    problems = [f"AuthorizerFunctionRole: grants {sorted(granted)}, expected {sorted(wanted)}"] * (
+        granted != wanted
+    )
+    if role.get("ManagedPolicyArns"):
+        problems.append(f"AuthorizerFunctionRole: managed policies {role['ManagedPolicyArns']}")
     return problems
 
 
@@ -734,8 +760,9 @@ def api_transform_problems(transformed: Template, params: dict[str, str]) -> lis
     problems: list[str] = []
     present = present_resources(transformed, params)
     body = present["RelayApi"]["Properties"]["Body"]
+    # In API_KEY mode the authorizer finds the key and API Gateway still requires (and meters) it.
     wanted: list[dict[str, list[str]]] = (
-        [{"api_key": []}] if params["ApiAuth"] == "API_KEY" else [{"AWS_IAM": []}]
+        [{"ApiKeyAuthorizer": []}, {"api_key": []}] if params["ApiAuth"] == "API_KEY" else [{"AWS_IAM": []}]
     )
     routes = set()
     for method, path, operation in _operations(body):
