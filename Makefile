@@ -19,13 +19,29 @@ help:
 	@echo "make build     sam build (python3.13) + native-extension architecture check"
 	@echo "make security  checkov on template.yaml (own venv) + bandit"
 
-$(STAMP): requirements-dev.txt $(LAYER)/requirements.txt pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+RUN_STAMP := $(VENV)/.installed-run
+# pip's output cut to one line per package, so a first `make run` shows its progress; errors pass.
+PIP_PROGRESS := awk '/^Collecting /{n++; printf "  %3d  %s\n", n, $$2; fflush(); next} \
+	/^( |WARNING: Location|Requirement already|Installing collected|Successfully installed)/{next} \
+	{print; fflush()}'
+
+# `make run` needs only the local stack's packages (requirements-run.txt, a subset of the dev pins).
+$(RUN_STAMP): requirements-run.txt $(LAYER)/requirements.txt pyproject.toml
+	@echo "make run: installing the local stack's pinned packages into $(VENV) (first run only) ..."
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --progress-bar off -r requirements-run.txt 2>&1 | $(PIP_PROGRESS); exit $${PIPESTATUS[0]}
+	@# The operator CLI as the console script `cio-relay` (editable: it runs this checkout's code).
+	@$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+
+# Everything else (tests, lint, bench) needs the whole dev lock, which includes requirements-run.txt.
+$(STAMP): requirements-dev.txt requirements-run.txt $(LAYER)/requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements-dev.txt 2>&1 | { grep -v '^WARNING: Location' || true; }; exit $${PIPESTATUS[0]}
 	@# The operator CLI as the console script `cio-relay` (editable: it runs this checkout's code).
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/pip check
-	touch $(STAMP)
+	touch $(RUN_STAMP) $(STAMP)
 
 venv: $(STAMP)
 
@@ -45,8 +61,8 @@ test: lint
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-run: $(STAMP)
-	$(PY) -m local_stack $(ARGS)
+run: $(RUN_STAMP)
+	@$(PY) -m local_stack $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)

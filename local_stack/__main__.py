@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -38,6 +39,52 @@ def _rate(text: str) -> float:
     if not 0 <= rate <= 1:
         raise argparse.ArgumentTypeError("a chaos rate is between 0 and 1")
     return rate
+
+
+# SIGINT and SIGTERM as bits of /proc/<pid>/status's signal masks.
+_STOP_SIGNALS = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+
+
+class ParentWatch:
+    """Stops `make run` when make itself is interrupted (`kill -INT <make's pid>`), as Ctrl-C would.
+
+    Ctrl-C reaches every process in the terminal's foreground group; a signal sent to make's pid
+    reaches make only. GNU make does not pass SIGINT on: it blocks the signal while it waits for its
+    children to end, so this process would run forever and make with it. The watch reads make's
+    blocked-signal mask (Linux /proc) and also notices when make is gone. Only when started by make.
+    """
+
+    def __init__(self) -> None:
+        self.parent = os.getppid()
+        self._strikes = 0
+        self.active = self._name(self.parent) in ("make", "gmake")
+
+    @staticmethod
+    def _name(pid: int) -> str:
+        try:
+            with open(f"/proc/{pid}/comm", encoding="utf-8") as comm:
+                return comm.read().strip()
+        except OSError:
+            return ""
+
+    def _blocks_stop_signal(self) -> bool:
+        try:
+            with open(f"/proc/{self.parent}/status", encoding="utf-8") as status:
+                for line in status:
+                    if line.startswith("SigBlk:"):
+                        return bool(int(line.split()[1], 16) & _STOP_SIGNALS)
+        except (OSError, ValueError):
+            return False
+        return False
+
+    def parent_stopped(self) -> str | None:
+        """Why to stop (make was interrupted, or is gone), else None. Two readings in a row count."""
+        if not self.active:
+            return None
+        if os.getppid() != self.parent:
+            return "make is gone"
+        self._strikes = self._strikes + 1 if self._blocks_stop_signal() else 0
+        return "make was interrupted" if self._strikes >= 2 else None
 
 
 def parse(argv: Sequence[str] | None) -> Options:
@@ -129,10 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TemplateError, ValueError) as exc:
         print(f"local stack: cannot start: {exc}", file=sys.stderr)
         return 1
+    watch = ParentWatch()
     try:
         print(stack.banner(), flush=True)
-        while not stop.wait(0.5):
-            pass
+        while not stop.wait(0.25):
+            reason = watch.parent_stopped()
+            if reason:
+                print(f"{reason}: stopping like Ctrl-C", flush=True)
+                break
     finally:
         print("stopping ...", flush=True)
         stack.stop()
@@ -141,4 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything was stopped explicitly above; skip tearing down moto's and botocore's thousands of
+    # modules, which takes seconds and would make Ctrl-C feel stuck.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

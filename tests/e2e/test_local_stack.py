@@ -313,6 +313,54 @@ def test_chaos_every_message_arrives_or_waits_in_a_dead_letter_queue_with_its_re
         assert "record will be retried" in stack.output()
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_kill_int_of_makes_pid_stops_the_stack_like_ctrl_c(tmp_path: Path) -> None:
+    # GIVEN `make run` as a user starts it: make is the parent of the stack
+    log = tmp_path / "make-run.log"
+    stamp = ROOT / ".venv" / ".installed-run"
+    command = ["make", "--no-print-directory", "-o", str(stamp), "run", f"PY={sys.executable}"]
+    with log.open("wb") as sink:
+        make = subprocess.Popen(
+            [*command, "ARGS=--port 0 --sandbox-port 0"],
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a signal to make's pid reaches make only, as with `kill -INT`
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "READY" not in log.read_text():
+            assert make.poll() is None, f"make run exited early:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"make run did not print READY:\n{log.read_text()}"
+            time.sleep(0.1)
+        stack_pids = _children(make.pid)
+        assert stack_pids, "make run has no child process"
+
+        # WHEN make's pid (not the stack's) gets SIGINT
+        os.kill(make.pid, signal.SIGINT)
+
+        # THEN the stack stops the way Ctrl-C stops it, and make exits
+        try:
+            make.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"make run still running after SIGINT:\n{log.read_text()}") from None
+        output = log.read_text()
+        assert "make was interrupted: stopping like Ctrl-C" in output
+        assert output.rstrip().splitlines()[-1].startswith(("stopped", "make:")), output[-500:]
+        assert "stopped" in output.splitlines()
+        assert not [pid for pid in stack_pids if Path(f"/proc/{pid}").exists()], "the stack outlived make"
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+            make.wait()
+
+
 def test_resources_come_from_the_template_and_its_parameters() -> None:
     # GIVEN the template as the local stack reads it, and one parameter overridden as --param would
     template = Template(ROOT / "template.yaml")
