@@ -1,4 +1,5 @@
-"""EmailFunction: transactional email from API Gateway (send now or defer) and from EmailQueue (send)."""
+"""EmailFunction: transactional email, push and SMS from API Gateway (send now or defer) and from
+EmailQueue (send, many at a time)."""
 
 from __future__ import annotations
 
@@ -15,29 +16,58 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from cio_relay.entry import route
 from cio_relay.http_api import create_resolver, error_responses
-from cio_relay.models.email import Deferred, SendEmail, SendEmailResult
+from cio_relay.models.email import Deferred, SendEmail, SendResult, Transactional
+from cio_relay.models.push import SendPush
+from cio_relay.models.sms import SendSMS
 from cio_relay.observability import instrument
 from cio_relay.queues import Queues
 from cio_relay.settings import get_settings
-from cio_relay.transactional import IDEMPOTENCY_HEADER, deliver, get_mailer
+from cio_relay.transactional import IDEMPOTENCY_HEADER, REPLAYED_HEADER, deliver, get_mailer
 
-app = create_resolver(title="cio-relay email")
+app = create_resolver(title="cio-relay transactional messages")
 
 ANSWERS: dict[int, Any] = {
-    200: {"description": "sent", "content": {"application/json": {"model": SendEmailResult}}},
-    202: {"description": "deferred to EmailQueue", "content": {"application/json": {"model": Deferred}}},
-    **error_responses(400, 409, 413, 415, 422, 503),
+    200: {
+        "description": f"sent (or, with header {REPLAYED_HEADER}: true, the first send's answer again)",
+        "content": {"application/json": {"model": SendResult}},
+    },
+    202: {
+        "description": "deferred to EmailQueue, or parked in the dead-letter queue (outcome unknown)",
+        "content": {"application/json": {"model": Deferred}},
+    },
+    **error_responses(400, 403, 409, 413, 415, 422, 503),
 }
+IdempotencyKey = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)]
+
+
+def answer(channel: str, request: Transactional, key: str | None) -> Response[SendResult | Deferred]:
+    sent = get_mailer().send(channel, request, key=key, context=app.lambda_context)
+    status = HTTPStatus.ACCEPTED if isinstance(sent, Deferred) else HTTPStatus.OK
+    headers = {REPLAYED_HEADER: "true"} if isinstance(sent, SendResult) and sent.replayed else None
+    return Response(
+        status_code=status, content_type=content_types.APPLICATION_JSON, body=sent, headers=headers
+    )
 
 
 @app.post("/v1/send/email", responses=ANSWERS)
 def send_email(
-    request: Annotated[SendEmail, Body()],
-    idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
-) -> Response[SendEmailResult | Deferred]:
-    sent = get_mailer().send(request, key=idempotency_key, context=app.lambda_context)
-    status = HTTPStatus.ACCEPTED if isinstance(sent, Deferred) else HTTPStatus.OK
-    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=sent)
+    request: Annotated[SendEmail, Body()], idempotency_key: IdempotencyKey = None
+) -> Response[SendResult | Deferred]:
+    return answer("email", request, idempotency_key)
+
+
+@app.post("/v1/send/push", responses=ANSWERS)
+def send_push(
+    request: Annotated[SendPush, Body()], idempotency_key: IdempotencyKey = None
+) -> Response[SendResult | Deferred]:
+    return answer("push", request, idempotency_key)
+
+
+@app.post("/v1/send/sms", responses=ANSWERS)
+def send_sms(
+    request: Annotated[SendSMS, Body()], idempotency_key: IdempotencyKey = None
+) -> Response[SendResult | Deferred]:
+    return answer("sms", request, idempotency_key)
 
 
 def deliver_batch(event: dict[str, Any], context: LambdaContext) -> Any:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import boto3
 
 from local_stack.customerio import FakeCustomerIO, Fault
-from tests.conftest import Stack
+from tests.conftest import Stack, reset_caches
 from tests.support import REGION, LambdaContext, api_event, load_function, sqs_records_from
 
 PATH = "/v1/send/email"
@@ -70,20 +71,45 @@ def test_duplicate_api_calls_with_one_key_send_once(
     assert record_statuses(stack) == ["COMPLETED"]
 
 
-def test_same_payload_without_key_sends_once_and_a_different_one_sends_again(
+def test_same_payload_without_key_is_sent_again_because_a_repeat_is_deliberate(
     stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext
 ) -> None:
-    # GIVEN an email sent without an Idempotency-Key
+    # GIVEN an email sent without an Idempotency-Key (a "resend my code" button)
+    status, first = post(WELCOME, lambda_context)
+
+    # WHEN the same payload arrives again
+    again_status, again = post(dict(reversed(list(WELCOME.items()))), lambda_context)
+
+    # THEN both are sent: two answers, two delivery ids, two sends at Customer.io, nothing replayed
+    assert (status, again_status) == (200, 200)
+    assert again["delivery_id"] != first["delivery_id"]
+    assert accepted_sends(fake_cio) == 2
+    assert record_statuses(stack) == []
+
+
+def test_dedupe_window_makes_an_identical_payload_without_key_a_duplicate(
+    stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN payload de-duplication is switched on for 10 minutes
+    monkeypatch.setenv("EMAIL_DEDUPE_WINDOW_SECONDS", "600")
+    reset_caches()
     _, first = post(WELCOME, lambda_context)
 
     # WHEN the same payload arrives again (keys reordered), and then a different email
-    _, again = post(dict(reversed(list(WELCOME.items()))), lambda_context)
+    again = load_function("email").lambda_handler(
+        api_event("POST", PATH, dict(reversed(list(WELCOME.items())))), lambda_context
+    )
     _, other = post({**WELCOME, "identifiers": {"id": "user-2"}}, lambda_context)
 
-    # THEN the payload hash made the repeat a duplicate, and the different email was sent
-    assert again == first
+    # THEN the repeat is answered with the first delivery id, marked replayed; the other one is sent
+    assert again["statusCode"] == 200
+    assert json.loads(again["body"]) == first
+    assert again["multiValueHeaders"]["Idempotent-Replayed"] == ["true"]
     assert other["delivery_id"] != first["delivery_id"]
     assert accepted_sends(fake_cio) == 2
+    # AND its record lives for the window, not for the key lifetime
+    [item, _] = boto3.client("dynamodb", region_name=REGION).scan(TableName=stack.idempotency_table)["Items"]
+    assert int(item["expiration"]["N"]) - time.time() < 601
 
 
 def test_same_key_with_a_different_payload_is_refused_on_the_api(
@@ -151,7 +177,7 @@ def test_same_key_with_a_different_payload_on_the_queue_is_dead_lettered(
     assert accepted_sends(fake_cio) == 1
     [dead] = stack.receive(stack.email_dlq_url)
     attributes = {name: value["StringValue"] for name, value in dead["MessageAttributes"].items()}
-    assert "already used for a different email" in attributes["FailureReason"]
+    assert "already used for a different message" in attributes["FailureReason"]
     assert attributes["FailureStatus"] == "422"
     assert attributes["SourceMessageId"] == message_id
     assert attributes["IdempotencyKey"] == "order-1042"

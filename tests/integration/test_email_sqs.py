@@ -49,6 +49,14 @@ def dead_letters(stack: Stack) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.fixture
+def one_at_a_time(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send a batch's records one after another: the fake hands out its queued faults in arrival
+    order, so a test that fails "the first of two" sends needs a known order."""
+    monkeypatch.setenv("EMAIL_SEND_CONCURRENCY", "1")
+    reset_caches()
+
+
 def record_statuses(stack: Stack) -> list[str]:
     items = boto3.client("dynamodb", region_name=REGION).scan(TableName=stack.idempotency_table)["Items"]
     return [item["status"]["S"] for item in items]
@@ -110,7 +118,7 @@ def test_unknown_template_is_dead_lettered_with_customerio_message(
 
 
 def test_retryable_failure_is_reported_for_retry_and_not_dead_lettered(
-    stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext
+    stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext, one_at_a_time: None
 ) -> None:
     # GIVEN Customer.io answers 503 to the first of two queued emails
     fake_cio.fail(PATH, Fault(status=503))
@@ -154,7 +162,7 @@ def test_rejected_credentials_are_re_read_from_the_secret_and_the_send_retried(
 
 
 def test_credentials_still_rejected_after_re_read_are_retried_not_dropped(
-    stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext
+    stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext, one_at_a_time: None
 ) -> None:
     # GIVEN Customer.io refuses the key, before and after the secret is re-read
     fake_cio.fail(PATH, Fault(status=401), Fault(status=401))
@@ -204,7 +212,11 @@ def test_no_send_is_started_when_the_invocation_is_about_to_time_out(
 
 
 def test_read_timeout_is_retried_at_least_once_so_the_email_may_be_sent_twice(
-    stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+    stack: Stack,
+    fake_cio: FakeCustomerIO,
+    lambda_context: LambdaContext,
+    monkeypatch: pytest.MonkeyPatch,
+    one_at_a_time: None,
 ) -> None:
     # GIVEN Customer.io accepts a queued email but answers only after the relay's read timeout
     monkeypatch.setenv("CUSTOMERIO_READ_TIMEOUT", "0.3")

@@ -415,8 +415,8 @@ def test_email_queue_records_end_delivered_retried_or_dead_lettered(
             {"messageId": message_id, "body": body, "attributes": {}, "messageAttributes": attributes}
         )
         try:
-            request, given_key = transactional.parse_queue_body(record)
-            identity = transactional.send_key(request, given_key, field="IdempotencyKey")
+            channel, request = transactional.parse_queue_record(record)
+            identity = transactional.queue_key(record, channel, request, dedupe=False)
             wire = json.dumps(request.wire(), sort_keys=True)
         except InvalidRequest:
             identity, wire = None, None

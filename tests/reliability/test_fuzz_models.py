@@ -167,12 +167,12 @@ def test_send_email_model_accepts_or_names_the_field(body: Any) -> None:
         return
     # OR, accepted, the body deferred to EmailQueue reads back as the same email with the same key
     deferred = transactional.canonical(request.wire()).decode()
-    parsed, key = transactional.parse_queue_body(
-        record(deferred, attributes={"IdempotencyKey": {"stringValue": "k-1", "dataType": "String"}})
-    )
-    assert parsed.wire() == request.wire()
-    assert key == "k-1"
-    assert transactional.send_key(parsed, None, field="x") == transactional.send_key(request, None, field="x")
+    queued = record(deferred, attributes={"IdempotencyKey": {"stringValue": "k-1", "dataType": "String"}})
+    channel, parsed = transactional.parse_queue_record(queued)
+    assert (channel, parsed.wire()) == ("email", request.wire())
+    identity = transactional.queue_key(queued, channel, parsed, dedupe=False)
+    assert identity.key == "k-1"
+    assert identity.payload_hash == transactional.payload_digest("email", request)
     OUTCOMES["accepted"] += 1
 
 
@@ -209,8 +209,9 @@ def test_email_queue_parser_returns_an_email_or_invalid_request(body: str, key: 
     attributes = {} if key is None else {"IdempotencyKey": {"stringValue": key, "dataType": "String"}}
     # WHEN the SQS side reads it and derives its idempotency key
     try:
-        request, given_key = transactional.parse_queue_body(record(body, attributes=attributes))
-        identity = transactional.send_key(request, given_key, field="IdempotencyKey")
+        queued = record(body, attributes=attributes)
+        channel, request = transactional.parse_queue_record(queued)
+        identity = transactional.queue_key(queued, channel, request, dedupe=False)
     except InvalidRequest as exc:
         refused: InvalidRequest | None = exc
     else:

@@ -71,6 +71,7 @@ class CustomerIOError(CioRelayError):
     """
 
     code = "customerio_error"
+    ambiguous = False  # True when the request may have reached Customer.io and been acted on
 
     def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -95,6 +96,21 @@ class CustomerIOTimeout(Retryable):
     """No answer in time. If the request had been sent, Customer.io may have acted on it (ambiguous)."""
 
     code = "customerio_timeout"
+    ambiguous = True
+
+
+class ConnectionDropped(Retryable):
+    """The connection closed after the request was written and before any answer (ambiguous)."""
+
+    code = "customerio_unavailable"
+    ambiguous = True
+
+
+class OutcomeUnknown(CioRelayError):
+    """A send left and no answer came (or its invocation died before recording it): Customer.io may
+    have sent it. Under EMAIL_ON_AMBIGUOUS=dead_letter it is parked for a person to check."""
+
+    code = "outcome_unknown"
 
 
 class AuthRejected(CustomerIOError):

@@ -67,6 +67,7 @@ class ErrorBody(BaseModel):
 
 _ERROR_DESCRIPTIONS = {
     400: "refused: Customer.io's message, or a rule the relay enforces",
+    403: "Customer.io refused an attachment's file type",
     409: "a send with this idempotency key is in progress",
     413: "over Customer.io's size limits",
     415: "the body is not JSON",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -14,15 +15,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "cio-relay"))
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", NAMESPACE))
+# Metrics are added from the send threads too; Powertools' metric set is a plain dict.
+_metrics_lock = threading.Lock()
 
 
 def count(name: str, value: float = 1) -> None:
-    metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    with _metrics_lock:
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
 
 
 def record_request(elapsed_seconds: float) -> None:
-    count("CustomerIORequests")
-    metrics.add_metric(name="CustomerIOLatency", unit=MetricUnit.Milliseconds, value=elapsed_seconds * 1000)
+    with _metrics_lock:
+        metrics.add_metric(name="CustomerIORequests", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(
+            name="CustomerIOLatency", unit=MetricUnit.Milliseconds, value=elapsed_seconds * 1000
+        )
 
 
 def instrument(handler: F) -> F:

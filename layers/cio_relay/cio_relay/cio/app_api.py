@@ -1,7 +1,7 @@
-"""App API: transactional email, people search (with a page iterator) and segments, Bearer auth.
+"""App API: transactional email, push and SMS, people search (with a page iterator) and segments.
 
-The email models are imported where an email is sent, not here: EventsFunction builds this client
-for people search and segments only, and building those models is several ms of its cold start.
+The transactional models are imported where a message is sent, not here: EventsFunction builds this
+client for people search and segments only, and building those models is several ms of its cold start.
 """
 
 from __future__ import annotations
@@ -15,14 +15,21 @@ from pydantic import ValidationError
 
 from cio_relay.cio.transport import Response, Transport
 from cio_relay.credentials import Credentials, CredentialsProvider
-from cio_relay.errors import InvalidRequest
+from cio_relay.errors import AuthRejected, InvalidRequest, Permanent
 from cio_relay.models import invalid_request
 from cio_relay.settings import Settings
 
 if TYPE_CHECKING:
-    from cio_relay.models.email import SendEmail, SendEmailResult
+    from cio_relay.models.email import SendEmail, SendResult, Transactional
 
 MAX_SEARCH_LIMIT = 1000
+SEND_PATHS = {"email": "/v1/send/email", "push": "/v1/send/push", "sms": "/v1/send/sms"}
+
+
+class AttachmentRefused(Permanent):
+    """403 from /v1/send/email about an attachment (a forbidden file type): permanent, not an auth failure."""
+
+    code = "customerio_attachment_refused"
 
 
 class AppClient:
@@ -34,34 +41,61 @@ class AppClient:
         self._settings = settings
 
     def _call(
-        self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, Any] | None = None,
+        *,
+        retry_dropped: bool = True,
     ) -> Response:
         encoded = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         query_string = urlencode({k: v for k, v in (query or {}).items() if v is not None})
         suffix = f"{path}?{query_string}" if query_string else path
 
         def send(credentials: Credentials) -> Response:
-            return self._transport.request(
-                method,
-                f"{self._settings.app_base(credentials.region)}{suffix}",
-                what=f"{method} {path}",
-                headers={"Authorization": credentials.app_authorization()},
-                body=encoded,
-            )
+            try:
+                return self._transport.request(
+                    method,
+                    f"{self._settings.app_base(credentials.region)}{suffix}",
+                    what=f"{method} {path}",
+                    headers={"Authorization": credentials.app_authorization()},
+                    body=encoded,
+                    retry_dropped=retry_dropped,
+                )
+            except AuthRejected as exc:
+                if _refuses_attachment(path, body, exc):
+                    raise AttachmentRefused(exc.message, status=exc.status) from exc
+                raise
 
         return self._credentials.with_refresh(send)
 
-    def send_email(self, request: SendEmail | dict[str, Any]) -> SendEmailResult:
-        """A dict is checked against SendEmail first (InvalidRequest names the field) and sent as given."""
-        from cio_relay.models.email import SendEmail, SendEmailResult  # noqa: PLC0415 - module docstring
+    def send(
+        self, channel: str, request: Transactional | dict[str, Any], *, retry_dropped: bool = True
+    ) -> SendResult:
+        """POST /v1/send/<channel> (a dict is sent as given). Any 2xx is a send, whatever its body
+        (see SendResult.lenient). `retry_dropped=False` when a repeat must not follow a connection
+        dropped mid-request."""
+        from cio_relay.models.email import SendResult  # noqa: PLC0415 - module docstring
+
+        body = request if isinstance(request, dict) else request.wire()
+        response = self._call("POST", SEND_PATHS[channel], body, retry_dropped=retry_dropped)
+        try:
+            answer = response.json()
+        except ValueError:  # a 2xx whose body is not JSON is still a send
+            answer = {}
+        return SendResult.lenient(answer)
+
+    def send_email(self, request: SendEmail | dict[str, Any]) -> SendResult:
+        """A dict is checked against SendEmail first (InvalidRequest names the field)."""
+        from cio_relay.models.email import SendEmail  # noqa: PLC0415 - module docstring
 
         if not isinstance(request, SendEmail):
             try:
                 SendEmail.model_validate(request)
             except ValidationError as exc:
                 raise invalid_request(exc) from None
-        body = request.wire() if isinstance(request, SendEmail) else request
-        return SendEmailResult.model_validate(self._call("POST", "/v1/send/email", body).json())
+        return self.send("email", request)
 
     def search_people(
         self, filter: dict[str, Any], *, start: str | None = None, limit: int | None = None
@@ -88,3 +122,13 @@ class AppClient:
     def list_segments(self) -> dict[str, Any]:
         segments: dict[str, Any] = self._call("GET", "/v1/segments").json()
         return segments
+
+
+def _refuses_attachment(path: str, body: Any, exc: AuthRejected) -> bool:
+    """A 403 from /v1/send/email is Customer.io refusing an attachment's file type when the email has
+    attachments or the answer says so; any other 403 means the credentials (re-read, retried)."""
+    if exc.status != 403 or path != SEND_PATHS["email"]:
+        return False
+    has_attachments = isinstance(body, dict) and bool(body.get("attachments"))
+    text = exc.message.lower()
+    return has_attachments or "file type" in text or "attachment" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 from cio_relay import USER_AGENT
 from cio_relay.errors import (
     AuthRejected,
+    ConnectionDropped,
     CustomerIOError,
     CustomerIOTimeout,
     Permanent,
@@ -24,6 +26,8 @@ from cio_relay.errors import (
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 MAX_MESSAGE_CHARS = 500
+# The App API's 429 detail: "rate limited to 10 requests per 1s (reference ...)".
+_RATE_WINDOW = re.compile(r"per\s+(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -65,20 +69,36 @@ def error_message(body: bytes) -> str:
             if isinstance(value, str):
                 found.append(value)
             elif isinstance(value, list):
-                found.extend(str(v.get("message", v)) if isinstance(v, dict) else str(v) for v in value)
+                found.extend(_item_message(v) for v in value)
+        if not found and isinstance(data.get("errors"), list):  # the App API's 429: {"errors": [{detail}]}
+            found.extend(_item_message(v) for v in data["errors"])
     return ("; ".join(found) or text)[:MAX_MESSAGE_CHARS]
+
+
+def _item_message(item: Any) -> str:
+    if isinstance(item, dict):
+        return str(item.get("detail") or item.get("message") or item)
+    return str(item)
+
+
+def rate_window(message: str) -> float | None:
+    """The window of a rate limit Customer.io names in its message ("per 1s"), in seconds."""
+    found = _RATE_WINDOW.search(message)
+    return float(found.group(1)) if found else None
 
 
 def raise_for_status(response: Response, retry_after: str | None, what: str) -> None:
     status = response.status
     if 200 <= status < 300:
         return
-    detail = f"{what}: Customer.io answered {status}: {error_message(response.body)}"
+    message = error_message(response.body)
+    detail = f"{what}: Customer.io answered {status}: {message}"
     if status in (401, 403):
         raise AuthRejected(detail, status=status)
     seconds = parse_retry_after(retry_after)
     if status == 429:
-        raise RateLimited(detail, status=status, retry_after=seconds)
+        # Retry-After when sent; else the window the body names (a per-second limit).
+        raise RateLimited(detail, status=status, retry_after=seconds or rate_window(message))
     if status in RETRYABLE_STATUSES or status >= 500 or status < 200 or 300 <= status < 400:
         raise Retryable(detail, status=status, retry_after=seconds)
     raise Permanent(detail, status=status)
@@ -98,13 +118,15 @@ class Transport:
         connect_timeout: float,
         read_timeout: float,
         pool: urllib3.PoolManager | None = None,
+        pool_size: int = 10,
         clock: Callable[[], float] = time.perf_counter,
         observer: Callable[[float], None] | None = None,
     ) -> None:
-        """`observer` is told the elapsed seconds of every request, answered or not (metrics hook)."""
+        """`observer` is told the elapsed seconds of every request, answered or not (metrics hook).
+        `pool_size`: connections kept per host, as many as requests the caller makes at once."""
         self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._pool = pool or urllib3.PoolManager(
-            num_pools=4, maxsize=10, block=False, cert_reqs="CERT_REQUIRED", retries=False
+            num_pools=4, maxsize=pool_size, block=False, cert_reqs="CERT_REQUIRED", retries=False
         )
         self._clock = clock
         self._observer = observer
@@ -117,14 +139,21 @@ class Transport:
         what: str,
         headers: Mapping[str, str],
         body: bytes | None = None,
+        retry_dropped: bool = True,
     ) -> Response:
-        """Raise Retryable/RateLimited/CustomerIOTimeout/AuthRejected/Permanent, or return a 2xx Response."""
+        """Raise Retryable/RateLimited/CustomerIOTimeout/AuthRejected/Permanent, or return a 2xx Response.
+
+        `retry_dropped=False`: a connection dropped before the answer is not tried again (a caller that
+        must not repeat a request Customer.io may have acted on) but raised as ConnectionDropped.
+        """
         all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **headers}
         if body is not None:
             all_headers["Content-Type"] = "application/json"
         started = self._clock()
         try:
-            raw = self._send(method, url, what=what, headers=all_headers, body=body)
+            raw = self._send(
+                method, url, what=what, headers=all_headers, body=body, attempts=2 if retry_dropped else 1
+            )
         finally:
             if self._observer is not None:
                 self._observer(self._clock() - started)
@@ -133,9 +162,16 @@ class Transport:
         return response
 
     def _send(
-        self, method: str, url: str, *, what: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        attempts: int,
     ) -> urllib3.BaseHTTPResponse:
-        for attempt in (1, 2):
+        for attempt in range(1, attempts + 1):
             try:
                 return self._pool.request(
                     method,
@@ -151,8 +187,10 @@ class Transport:
                     f"{what}: no answer from Customer.io within the read timeout"
                 ) from exc
             except ProtocolError as exc:
-                if attempt == 2:
-                    raise Retryable(f"{what}: connection dropped by Customer.io ({_kind(exc)})") from exc
+                if attempt == attempts:
+                    raise ConnectionDropped(
+                        f"{what}: connection dropped by Customer.io ({_kind(exc)})"
+                    ) from exc
             except HTTPError as exc:  # connect timeout, refused, DNS, TLS
                 raise Retryable(f"{what}: cannot reach Customer.io ({_kind(exc)})") from exc
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises

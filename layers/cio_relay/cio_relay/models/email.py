@@ -1,4 +1,4 @@
-"""The /v1/send/email body, its limits, and the App API's replies."""
+"""The /v1/send/email body and its limits; what every transactional send shares; the App API's replies."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ import time
 from email.utils import getaddresses
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    Strict,
+    field_validator,
+    model_validator,
+)
 
 from cio_relay.models import field_error, too_large
 
@@ -26,6 +35,10 @@ def _stringify(value: object) -> object:
 
 
 IdValue = Annotated[str, BeforeValidator(_stringify), Field(min_length=1, max_length=1024)]
+# Where Customer.io has JSON types, they are kept: `true` is not template 1, "yes" is not a boolean.
+StrictBool = Annotated[bool, Strict()]
+StrictInt = Annotated[int, Strict()]
+TemplateId = StrictInt | Annotated[str, Strict(), Field(min_length=1)]
 
 
 class Identifiers(BaseModel):
@@ -49,15 +62,41 @@ def count_recipients(*fields: str | None) -> int:
     return sum(1 for _, address in getaddresses([f for f in fields if f]) if address)
 
 
-class SendEmail(BaseModel):
-    """Customer.io's transactional email request. Unknown fields are forwarded as sent."""
+class Transactional(BaseModel):
+    """The fields every /v1/send/* request shares. Unknown fields are forwarded as sent."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    transactional_message_id: int | Annotated[str, Field(min_length=1)] | None = None
-    to: Annotated[str, Field(min_length=3)]
     identifiers: Identifiers
     message_data: dict[str, Any] | None = None
+    send_at: StrictInt | None = Field(None, ge=0)
+    disable_message_retention: StrictBool | None = None
+    send_to_unsubscribed: StrictBool | None = None
+    queue_draft: StrictBool | None = None
+    language: str | None = None
+
+    @field_validator("send_at")
+    @classmethod
+    def _send_at(cls, value: int | None) -> int | None:
+        if value is not None and value > time.time() + MAX_SEND_AT_AHEAD_SECONDS:
+            raise ValueError("send_at must be at most 90 days ahead")
+        return value
+
+    def _check_size(self, exclude: set[str] | None = None) -> None:
+        rest = self.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude=exclude)
+        size = len(json.dumps(rest, separators=(",", ":")).encode())
+        if size > MAX_PAYLOAD_BYTES:
+            raise too_large(f"{size} bytes without attachments; the limit is {MAX_PAYLOAD_BYTES}")
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+class SendEmail(Transactional):
+    """Customer.io's transactional email request."""
+
+    transactional_message_id: TemplateId | None = None
+    to: Annotated[str, Field(min_length=3)]
     from_: str | None = Field(None, alias="from")
     subject: str | None = None
     body: str | None = None
@@ -67,12 +106,7 @@ class SendEmail(BaseModel):
     reply_to: str | None = None
     headers: dict[str, str] | str | None = None
     attachments: dict[str, str] | None = None
-    send_at: int | None = Field(None, ge=0)
-    disable_message_retention: bool | None = None
-    send_to_unsubscribed: bool | None = None
-    tracked: bool | None = None
-    queue_draft: bool | None = None
-    language: str | None = None
+    tracked: StrictBool | None = None
 
     @field_validator("attachments")
     @classmethod
@@ -90,13 +124,6 @@ class SendEmail(BaseModel):
             raise too_large(f"attachments total {total} bytes; the limit is under {MAX_ATTACHMENTS_BYTES}")
         return value
 
-    @field_validator("send_at")
-    @classmethod
-    def _send_at(cls, value: int | None) -> int | None:
-        if value is not None and value > time.time() + MAX_SEND_AT_AHEAD_SECONDS:
-            raise ValueError("send_at must be at most 90 days ahead")
-        return value
-
     @model_validator(mode="after")
     def _recipients_and_content(self) -> SendEmail:
         if count_recipients(self.to, self.cc, self.bcc) > MAX_RECIPIENTS:
@@ -106,28 +133,53 @@ class SendEmail(BaseModel):
                 "transactional_message_id",
                 "without transactional_message_id, body, subject and from are required",
             )
-        rest = self.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude={"attachments"})
-        size = len(json.dumps(rest, separators=(",", ":")).encode())
-        if size > MAX_PAYLOAD_BYTES:
-            raise too_large(f"{size} bytes without attachments; the limit is {MAX_PAYLOAD_BYTES}")
+        self._check_size(exclude={"attachments"})
         return self
 
-    def wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
-
-class SendEmailResult(BaseModel):
-    """Customer.io's answer to a send."""
+class SendResult(BaseModel):
+    """Customer.io's answer to a send. Any 2xx is a send, so the answer is read leniently: a proxy's
+    202 `{}` or a float `queued_at` is still a send, never a reason to send again."""
 
     model_config = ConfigDict(extra="allow")
 
-    delivery_id: str
-    queued_at: int
+    delivery_id: str | None = None
+    queued_at: int | float | None = None
+    _replayed: bool = PrivateAttr(default=False)
+
+    @field_validator("delivery_id", mode="before")
+    @classmethod
+    def _any_id(cls, value: object) -> object:
+        return None if value is None or isinstance(value, dict | list) else str(value)
+
+    @field_validator("queued_at", mode="before")
+    @classmethod
+    def _any_time(cls, value: object) -> object:
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    @classmethod
+    def lenient(cls, answer: Any) -> SendResult:
+        """The answer as a SendResult whatever its shape (not an object: an empty result)."""
+        return cls.model_validate(answer if isinstance(answer, dict) else {})
+
+    @property
+    def replayed(self) -> bool:
+        """True when this is the first send's answer given again for a repeated idempotency key."""
+        return self._replayed
+
+    def as_replay(self) -> SendResult:
+        copy = self.model_copy()
+        copy._replayed = True
+        return copy
+
+
+SendEmailResult = SendResult  # the name the email route and older callers use
 
 
 class Deferred(BaseModel):
-    """A send that could not be made now and waits on EmailQueue."""
+    """A send that could not be made now: waiting on EmailQueue (`queued`), or parked in the
+    dead-letter queue for a person to check because its outcome is unknown (`dead_lettered`)."""
 
-    status: Literal["queued"] = "queued"
+    status: Literal["queued", "dead_lettered"] = "queued"
     message_id: str
     reason: str
