@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import boto3
+import pytest
 
 from local_stack.customerio import FakeCustomerIO, Fault
 from tests.conftest import Stack, reset_caches

@@ -62,6 +62,8 @@ EXPECTED_ROUTES = {
     ("EventsFunction", "POST", "/v1/customers"),
     ("EventsFunction", "GET", "/v1/segments"),
     ("EmailFunction", "POST", "/v1/send/email"),
+    ("EmailFunction", "POST", "/v1/send/push"),
+    ("EmailFunction", "POST", "/v1/send/sms"),
 }
 
 EXPECTED_ENVIRONMENT = {

@@ -15,7 +15,9 @@ ERROR_STATUSES = {
     ("events", "delete", "/v1/customers/{id}"): {"413", "415", "422", "503"},
     ("events", "post", "/v1/customers"): {"400", "415", "422", "429", "502", "503", "504"},
     ("events", "get", "/v1/segments"): {"429", "502", "503", "504"},
-    ("email", "post", "/v1/send/email"): {"400", "409", "413", "415", "422", "503"},
+    ("email", "post", "/v1/send/email"): {"400", "403", "409", "413", "415", "422", "503"},
+    ("email", "post", "/v1/send/push"): {"400", "409", "413", "415", "422", "503"},
+    ("email", "post", "/v1/send/sms"): {"400", "409", "413", "415", "422", "503"},
 }
 
 
@@ -42,3 +44,36 @@ def test_openapi_documents_success_and_each_error_as_code_and_message(
     for status in ERROR_STATUSES[(function, method, path)]:
         ref = responses[status]["content"]["application/json"]["schema"]["$ref"]
         assert ref == "#/components/schemas/ErrorBody"
+
+
+@pytest.mark.parametrize("function", ["events", "email"])
+def test_openapi_documents_every_route_the_function_serves(function: str) -> None:
+    # GIVEN the routes a function's resolver serves
+    app = load_function(function).app
+    served = {
+        (route.method.lower(), route.path.replace("<", "{").replace(">", "}"))
+        for route in app._static_routes + app._dynamic_routes
+    }
+
+    # WHEN / THEN each one is in its OpenAPI document
+    paths = document(function)["paths"]
+    documented = {(method, path) for path, item in paths.items() for method in item}
+    assert served - {("get", "/swagger")} <= documented
+    assert len(served) >= (3 if function == "email" else 10)
+
+
+def test_openapi_error_table_covers_every_transactional_route() -> None:
+    paths = document("email")["paths"]
+    assert {("email", m, p) for p, item in paths.items() for m in item} <= set(ERROR_STATUSES)
+
+
+def test_openapi_replay_header_and_deferred_answers_are_documented() -> None:
+    # GIVEN the transactional routes' documents
+    paths = document("email")["paths"]
+    for channel in ("email", "push", "sms"):
+        responses = paths[f"/v1/send/{channel}"]["post"]["responses"]
+        # THEN a replay, a deferral and the Idempotency-Key header are described
+        assert "Idempotent-Replayed" in responses["200"]["description"]
+        assert "202" in responses
+        names = {p["name"].lower() for p in paths[f"/v1/send/{channel}"]["post"]["parameters"]}
+        assert "idempotency-key" in names
