@@ -15,7 +15,7 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from botocore.awsrequest import AWSResponse
+from botocore.awsrequest import AWSResponse, HTTPHeaders
 from cio_relay import transactional
 from cio_relay.errors import SendInProgress
 from cio_relay.models.email import SendEmail
@@ -83,12 +83,13 @@ def throttle_completion_writes(times: int) -> list[str]:
             return None
         refused.append(kwargs["model"].name)
         error = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "throttled"}}
-        return AWSResponse("https://dynamodb", 400, {}, None), {
+        return AWSResponse("https://dynamodb", 400, HTTPHeaders(), None), {
             **error,
             "ResponseMetadata": {"HTTPStatusCode": 400},
         }
 
-    transactional.dynamodb_client().meta.events.register("before-call.dynamodb.UpdateItem", refuse)
+    hook: Any = refuse  # a before-call handler that answers short-circuits the call
+    transactional.dynamodb_client().meta.events.register("before-call.dynamodb.UpdateItem", hook)
     return refused
 
 
