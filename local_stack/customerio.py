@@ -71,7 +71,11 @@ PIPELINES_PATHS: frozenset[str] = frozenset({*PIPELINES_CALL_PATHS, BATCH_PATH})
 SEND_EMAIL_PATH = "/v1/send/email"
 CUSTOMERS_PATH = "/v1/customers"
 SEGMENTS_PATH = "/v1/segments"
-APP_PATHS: frozenset[str] = frozenset({SEND_EMAIL_PATH, CUSTOMERS_PATH, SEGMENTS_PATH})
+SEND_PUSH_PATH = "/v1/send/push"
+SEND_SMS_PATH = "/v1/send/sms"
+APP_PATHS: frozenset[str] = frozenset(
+    {SEND_EMAIL_PATH, SEND_PUSH_PATH, SEND_SMS_PATH, CUSTOMERS_PATH, SEGMENTS_PATH}
+)
 CALL_TYPES: frozenset[str] = frozenset(PIPELINES_CALL_PATHS.values())
 
 MAX_CALL_BYTES = 32_768
@@ -674,6 +678,7 @@ class FakeCustomerIO:
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._emails: list[dict[str, Any]] = []
+        self._messages: list[dict[str, Any]] = []  # accepted push and SMS sends
         self._faults: dict[str, deque[Fault]] = {}
         self._faults_injected: dict[str, int] = {}
         self._chaos: _Chaos | None = None
@@ -779,6 +784,12 @@ class FakeCustomerIO:
     def request_count(self) -> int:
         with self._lock:
             return len(self._requests)
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """Accepted push and SMS sends: ``{"path", "json", "headers", "delivery_id", "queued_at"}``."""
+        with self._lock:
+            return [dict(item) for item in self._messages]
 
     @property
     def emails(self) -> list[dict[str, Any]]:
@@ -894,6 +905,7 @@ class FakeCustomerIO:
         with self._lock:
             self._requests.clear()
             self._emails.clear()
+            self._messages.clear()
             self._faults.clear()
             self._faults_injected.clear()
             self._chaos = None
@@ -968,6 +980,8 @@ class FakeCustomerIO:
             return self._pipelines(path, headers, body, strict)
         if method == "POST" and path == SEND_EMAIL_PATH:
             return self._app(headers, body, lambda payload: self._send_email(payload, headers))
+        if method == "POST" and path in (SEND_PUSH_PATH, SEND_SMS_PATH):
+            return self._app(headers, body, lambda payload: self._send_message(path, payload, headers))
         if method == "POST" and path == CUSTOMERS_PATH:
             return self._app(headers, body, lambda payload: self._search(query, payload))
         if method == "GET" and path == SEGMENTS_PATH:
@@ -1136,6 +1150,26 @@ class FakeCustomerIO:
                     "queued_at": queued_at,
                 }
             )
+        return _Outcome(200, {"delivery_id": delivery_id, "queued_at": queued_at})
+
+    def _send_message(self, path: str, payload: Any, headers: dict[str, str]) -> _Outcome:
+        """/v1/send/push and /v1/send/sms: transactional_message_id and identifiers (and `to` for SMS)."""
+        required = ("transactional_message_id", "identifiers", *(("to",) if path == SEND_SMS_PATH else ()))
+        if not isinstance(payload, dict):
+            return self._bad_request("request body must be a JSON object")
+        missing = [name for name in required if payload.get(name) in (None, "", {})]
+        if missing:
+            return self._bad_request(f"{', '.join(missing)} required")
+        identifiers = payload["identifiers"]
+        if not isinstance(identifiers, dict) or len(identifiers) != 1:
+            return self._bad_request("identifiers must be an object with exactly one of id, email or cio_id")
+        if not self._template_known(payload["transactional_message_id"]):
+            return self._bad_request("transactional_message_id not found")
+        queued_at = int(time.time())
+        with self._lock:
+            delivery_id = f"fake-{next(self._delivery_numbers):08d}-{uuid.uuid4().hex[:12]}"
+            sent = {"json": payload, "headers": dict(headers), "delivery_id": delivery_id}
+            self._messages.append({"path": path, **sent, "queued_at": queued_at})
         return _Outcome(200, {"delivery_id": delivery_id, "queued_at": queued_at})
 
     def _search(self, query: dict[str, str], payload: Any) -> _Outcome:

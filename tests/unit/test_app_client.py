@@ -10,7 +10,7 @@ import pytest
 from cio_relay import USER_AGENT
 from cio_relay.cio import build_customerio
 from cio_relay.cio.app_api import AppClient
-from cio_relay.errors import InvalidRequest, PayloadTooLarge, Permanent
+from cio_relay.errors import AuthRejected, InvalidRequest, PayloadTooLarge, Permanent, RateLimited
 from cio_relay.models.email import MAX_ATTACHMENTS_BYTES, SendEmail, SendEmailResult
 from cio_relay.settings import load_settings
 
@@ -264,3 +264,99 @@ def test_app_errors_carry_customerio_message(app: AppClient, fake_cio: FakeCusto
     # THEN the error carries status and message
     assert caught.value.status == 404
     assert caught.value.message == "GET /v1/segments: Customer.io answered 404: workspace not found"
+
+
+# --- Customer.io's answers per endpoint -------------------------------------------------------------
+
+EXE = {"setup.exe": base64.b64encode(b"MZ").decode()}
+
+
+def test_send_email_403_with_attachments_is_a_refused_file_type_not_an_auth_failure(
+    app: AppClient, fake_cio: FakeCustomerIO
+) -> None:
+    # GIVEN Customer.io answers 403 "Forbidden file type" to an email with an attachment
+    fake_cio.fail("/v1/send/email", Fault(status=403, body={"meta": {"error": "Forbidden file type"}}))
+
+    # WHEN it is sent
+    with pytest.raises(Permanent) as caught:
+        app.send_email({**full_email(), "attachments": EXE})
+
+    # THEN it is permanent with Customer.io's reason, after one request (no secret re-read and retry)
+    assert caught.value.status == 403
+    assert caught.value.code == "customerio_attachment_refused"
+    assert "Forbidden file type" in caught.value.message
+    assert len(fake_cio.requests) == 1
+
+
+def test_send_email_403_without_attachments_stays_an_auth_failure(
+    app: AppClient, fake_cio: FakeCustomerIO
+) -> None:
+    # GIVEN Customer.io answers 403 twice to an email without attachments
+    fake_cio.fail("/v1/send/email", Fault(status=403), Fault(status=403))
+    body = {k: v for k, v in full_email().items() if k != "attachments"}
+
+    # WHEN it is sent / THEN it is an auth failure, retried once after re-reading the credentials
+    with pytest.raises(AuthRejected):
+        app.send_email(body)
+    assert len(fake_cio.requests) == 2
+
+
+def test_send_email_413_is_permanent_too_large(app: AppClient, fake_cio: FakeCustomerIO) -> None:
+    fake_cio.fail(
+        "/v1/send/email",
+        Fault(status=413, body={"meta": {"error": "Total attachment size exceeds the limit"}}),
+    )
+    with pytest.raises(Permanent) as caught:
+        app.send_email(full_email())
+    assert caught.value.status == 413
+    assert "attachment size" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "delivery_id"),
+    [
+        (202, {}, None),
+        (200, {"delivery_id": "d-1", "queued_at": 1700000000.25, "extra": [1]}, "d-1"),
+        (201, {"delivery_id": 42}, "42"),
+    ],
+    ids=["proxy-202-empty", "float-queued-at-and-extra", "numeric-id"],
+)
+def test_any_2xx_from_a_send_is_a_send(
+    status: int, body: dict[str, Any], delivery_id: str | None, app: AppClient, fake_cio: FakeCustomerIO
+) -> None:
+    # GIVEN a 2xx whose body is not the documented one
+    fake_cio.fail("/v1/send/email", Fault(status=status, body=body))
+
+    # WHEN it is sent / THEN it is a result, not an error
+    result = app.send_email(full_email())
+    assert result.delivery_id == delivery_id
+    assert len(fake_cio.requests) == 1
+
+
+@pytest.mark.parametrize(("retry_after", "seconds"), [("7", 7.0), (None, 1.0)])
+def test_app_api_429_reads_retry_after_and_the_errors_body(
+    retry_after: str | None, seconds: float, app: AppClient, fake_cio: FakeCustomerIO
+) -> None:
+    # GIVEN the App API's 429 body, with and without Retry-After
+    body = {"errors": [{"detail": "rate limited to 10 requests per 1s (reference abc)", "status": "429"}]}
+    fake_cio.fail("/v1/segments", Fault(status=429, retry_after=retry_after, body=body))
+
+    # WHEN a call is made
+    with pytest.raises(RateLimited) as caught:
+        app.list_segments()
+
+    # THEN the wait is Retry-After, else the window the detail names; the reason is the detail
+    assert caught.value.retry_after == seconds
+    assert "rate limited to 10 requests per 1s" in caught.value.message
+
+
+@pytest.mark.parametrize(("channel", "path"), [("push", "/v1/send/push"), ("sms", "/v1/send/sms")])
+def test_push_and_sms_go_to_their_endpoints(
+    channel: str, path: str, app: AppClient, fake_cio: FakeCustomerIO
+) -> None:
+    from cio_relay.transactional import model_for  # noqa: PLC0415 - built on first use
+
+    body = {"transactional_message_id": 3, "identifiers": {"id": "u-1"}, "to": "+14155550123"}
+    result = app.send(channel, model_for(channel).model_validate(body))
+    [sent] = fake_cio.messages
+    assert (sent["path"], sent["json"], result.delivery_id) == (path, body, sent["delivery_id"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 from typing import Any
 
@@ -382,3 +383,34 @@ def test_blank_ids_and_event_names_are_refused_naming_the_field(
 
     # THEN it is refused before any request, naming the field
     assert invalid_request(raised.value).field == field
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"transactional_message_id": True}, "transactional_message_id"),
+        ({"transactional_message_id": 7.0}, "transactional_message_id"),
+        ({"tracked": "yes"}, "tracked"),
+        ({"send_to_unsubscribed": 1}, "send_to_unsubscribed"),
+        ({"disable_message_retention": "false"}, "disable_message_retention"),
+        ({"send_at": "1700000000"}, "send_at"),
+        ({"identifiers": {"id": True}}, "identifiers.id"),
+    ],
+)
+def test_send_email_keeps_json_types_strict_and_names_the_field(fields: dict[str, Any], field: str) -> None:
+    # GIVEN a JSON value of the wrong type where Customer.io has a type (true is not template 1)
+    # WHEN it is validated
+    with pytest.raises(ValidationError) as caught:
+        SendEmail.model_validate_json(json.dumps(email(**fields)))
+
+    # THEN it is refused naming the field
+    assert field_of(caught.value) == field
+
+
+def test_send_result_is_lenient_with_any_2xx_body() -> None:
+    # GIVEN answers a proxy or a future Customer.io could give
+    # THEN each is a result, keeping what it can read
+    assert SendEmailResult.lenient({}).delivery_id is None
+    assert SendEmailResult.lenient([1, 2]).queued_at is None
+    assert SendEmailResult.lenient({"delivery_id": "d", "queued_at": 1.5}).queued_at == 1.5
+    assert SendEmailResult.lenient({"queued_at": "soon"}).queued_at is None
