@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cio_relay import __version__
 
+from bench import email as email_bench
 from bench import relay, sdks, startup
 from bench.child import MotoProcess
 from bench.fake import DEFAULT_LATENCY, FakeProcess
@@ -100,6 +101,8 @@ def run(latency: float, quick: bool) -> Results:
             if relay.email_available():
                 say("cio-relay EmailFunction, idempotency on and off")
                 results.email = relay.email_handler(fake, sends=20, reps=reps)
+                say("cio-relay EmailFunction batch of 20: concurrent, sequential, `customerio` send_email")
+                email_bench.measure(fake, moto, reps=reps, wired=True)
             else:
                 results.notes.append("EmailFunction not measured: functions/email/app.py does not exist yet.")
             say("peak RSS of a fresh process handling a 100-record batch")
@@ -137,12 +140,14 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     results = run(args.latency, args.quick)
-    report = render(results)
+    report = render(results) + email_bench.render(email_bench.LAST)
     RESULTS_FILE.write_text(report)
     print(report)
     readme = "README.md updated" if update_readme(report) else "README.md has no bench markers; not updated"
     say(f"done in {time.perf_counter() - started:.0f} s; wrote {RESULTS_FILE.relative_to(ROOT)}; {readme}")
-    if args.strict and any(t.passed is False for t in targets(results)):
+    if args.strict and (
+        any(t.passed is False for t in targets(results)) or email_bench.failed(email_bench.LAST)
+    ):
         sys.exit(1)
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import boto3
+from aws_lambda_powertools.shared.functions import strtobool
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSMessageAttributes, SQSRecord
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
@@ -91,7 +94,8 @@ def payload_digest(channel: str, request: Transactional) -> str:
     return hashlib.sha256(text if channel == "email" else channel.encode() + b"\n" + text).hexdigest()
 
 
-Prepared = tuple[str, "Transactional", "SendKey"]  # channel, request, key of one queued message
+# channel, request, key (None: idempotency off) of one queued message, and the batch's tally of sends
+Prepared = tuple[str, "Transactional", "SendKey | None", list[str]]
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,12 @@ class SendKey:
     key: str
     payload_hash: str
     field: str  # where the key came from, named in errors
+
+
+def idempotency_disabled() -> bool:
+    """Powertools' own switch (POWERTOOLS_IDEMPOTENCY_DISABLED, for tests and benchmarks): then no key
+    is derived and no record is kept."""
+    return strtobool(os.getenv("POWERTOOLS_IDEMPOTENCY_DISABLED", "false"))
 
 
 def checked_key(given: str, field: str) -> str:
@@ -270,14 +280,17 @@ class Mailer:
         self._register(context)
         outcomes: dict[str, BaseException | None] = {}
         lanes: dict[str, list[tuple[SQSRecord, Prepared]]] = {}
+        keyed = not idempotency_disabled()
+        sent: list[str] = []  # the channel of each send made (list.append is atomic across threads)
         for record in records:
             try:
                 channel, request = parse_queue_record(record)
-                identity = queue_key(record, channel, request, dedupe=self._dedupe)
+                identity = queue_key(record, channel, request, dedupe=self._dedupe) if keyed else None
             except Exception as exc:  # a bad record is dead-lettered or retried alone (delivery table)
                 outcomes[record.message_id] = exc
                 continue
-            lanes.setdefault(identity.key, []).append((record, (channel, request, identity)))
+            lane_key = identity.key if identity is not None else record.message_id
+            lanes.setdefault(lane_key, []).append((record, (channel, request, identity, sent)))
 
         def run(lane: list[tuple[SQSRecord, Prepared]]) -> dict[str, BaseException | None]:
             done: dict[str, BaseException | None] = {}
@@ -294,28 +307,41 @@ class Mailer:
         else:
             for done in executor(self._settings.email_send_concurrency).map(run, lanes.values()):
                 outcomes.update(done)
+        # One line and one metric per channel for the batch (each send is logged at DEBUG).
+        for channel, number in Counter(sent).items():
+            count(f"{METRIC[channel]}Sent", number)
+        if sent:
+            logger.info("messages sent", extra={"sent": len(sent), "records": len(records)})
         return outcomes
 
-    def _attempt(self, channel: str, request: Transactional, identity: SendKey) -> BaseException | None:
+    def _attempt(
+        self, channel: str, request: Transactional, identity: SendKey | None, sent: list[str]
+    ) -> BaseException | None:
         try:
-            self.send_once(channel, request, identity)
+            self.send_once(channel, request, identity, sent)
         except Exception as exc:  # each record's failure goes to the delivery table, not to its neighbours
             return exc
         return None
 
     # ---- both -----------------------------------------------------------------------------
-    def send_once(self, channel: str, request: Transactional, identity: SendKey | None) -> SendResult:
+    def send_once(
+        self,
+        channel: str,
+        request: Transactional,
+        identity: SendKey | None,
+        tally: list[str] | None = None,
+    ) -> SendResult:
         """Send unless the key already has a completed send, whose answer is returned instead.
 
         A send that raises leaves no record, so its retry (API or queue) sends under the same key. A
         send Customer.io accepted is done even when its record cannot be completed (retried, logged).
         """
         if identity is None:
-            return self._send(channel=channel, request=request, key=None, sent=[])
+            return self._send(channel=channel, request=request, key=None, sent=[], tally=tally)
         hashed = self._dedupe and identity.key.startswith(HASH_KEY_PREFIX)
         sent: list[SendResult] = []
         try:
-            return self._once[hashed](channel=channel, request=request, key=identity, sent=sent)
+            return self._once[hashed](channel=channel, request=request, key=identity, sent=sent, tally=tally)
         except IdempotencyValidationError:
             raise KeyReused(
                 "this key was already used for a different message; use a new key for a new message",
@@ -357,8 +383,16 @@ class Mailer:
         return result
 
     def _send(
-        self, *, channel: str, request: Transactional, key: SendKey | None, sent: list[SendResult]
+        self,
+        *,
+        channel: str,
+        request: Transactional,
+        key: SendKey | None,
+        sent: list[SendResult],
+        tally: list[str] | None,
     ) -> SendResult:
+        """The send itself. `tally` (a queue batch) collects the channel instead of a log line and a
+        metric per send."""
         try:
             result = self._cio.app.send(channel, request, retry_dropped=self._resend)
         except CustomerIOError as exc:
@@ -366,8 +400,12 @@ class Mailer:
                 raise OutcomeUnknown(f"outcome unknown: {exc.message}") from exc
             raise
         sent.append(result)
-        logger.info("message sent", extra={"channel": channel, "delivery_id": result.delivery_id})
-        count(f"{METRIC[channel]}Sent")
+        if tally is None:
+            logger.info("message sent", extra={"channel": channel, "delivery_id": result.delivery_id})
+            count(f"{METRIC[channel]}Sent")
+        else:
+            tally.append(channel)
+            logger.debug("message sent", extra={"channel": channel, "delivery_id": result.delivery_id})
         return result
 
 

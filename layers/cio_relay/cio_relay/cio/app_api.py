@@ -48,8 +48,11 @@ class AppClient:
         query: dict[str, Any] | None = None,
         *,
         retry_dropped: bool = True,
+        encoded: bytes | None = None,
     ) -> Response:
-        encoded = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        """`body` is encoded as JSON, unless `encoded` already holds it."""
+        if encoded is None and body is not None:
+            encoded = json.dumps(body, separators=(",", ":")).encode()
         query_string = urlencode({k: v for k, v in (query or {}).items() if v is not None})
         suffix = f"{path}?{query_string}" if query_string else path
 
@@ -78,8 +81,14 @@ class AppClient:
         dropped mid-request."""
         from cio_relay.models.email import SendResult  # noqa: PLC0415 - module docstring
 
-        body = request if isinstance(request, dict) else request.wire()
-        response = self._call("POST", SEND_PATHS[channel], body, retry_dropped=retry_dropped)
+        if isinstance(request, dict):
+            response = self._call("POST", SEND_PATHS[channel], request, retry_dropped=retry_dropped)
+        else:
+            # What _refuses_attachment reads; the body itself is encoded by the model in one step.
+            shown = {"attachments": getattr(request, "attachments", None)}
+            response = self._call(
+                "POST", SEND_PATHS[channel], shown, retry_dropped=retry_dropped, encoded=request.wire_json()
+            )
         try:
             answer = response.json()
         except ValueError:  # a 2xx whose body is not JSON is still a send
