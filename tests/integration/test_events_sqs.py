@@ -50,6 +50,11 @@ def identify(user: str, **extra: Any) -> dict[str, Any]:
     return {"type": "identify", "userId": user, "traits": {"plan": "pro"}, **extra}
 
 
+def bulky_traits(size: int = 30_000) -> dict[str, str]:
+    """About `size` bytes of traits within Journeys' limits (values of at most 1000 bytes)."""
+    return {f"t{k}": "x" * 900 for k in range(size // 900)}
+
+
 def basic(key: str) -> str:
     return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
 
@@ -123,7 +128,9 @@ def test_calls_accepted_by_the_api_reach_customerio_with_the_same_message_id(
     assert result.failed_ids == []
     by_id = {c["messageId"]: c for c in fake_cio.pipelines_calls()}
     assert by_id[track.body["call_ids"][0]]["event"] == "order_completed"
-    assert by_id[delete.body["call_ids"][0]] == {
+    deletion = by_id[delete.body["call_ids"][0]]
+    assert deletion.pop("timestamp").endswith("Z")  # the accept time (tests/integration/test_event_time.py)
+    assert deletion == {
         "type": "track",
         "event": "User Deleted",
         "userId": "u1",
@@ -431,6 +438,59 @@ def test_400_on_a_batch_with_only_good_records_delivers_them_one_by_one(
     assert dead_letters(stack) == []
 
 
+def test_400_fallback_resends_only_the_calls_of_the_refused_request(
+    stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext
+) -> None:
+    # GIVEN three queue messages of six ~30 KB calls each and one small call: two /v1/batch requests,
+    # the third message's calls split across both; Customer.io accepts the first and refuses the second
+    def call(user: str) -> dict[str, Any]:
+        return {"type": "track", "userId": user, "event": "viewed", "properties": {"blob": "x" * 30_000}}
+
+    messages: list[Any] = [{"batch": [call(f"r{r}-c{c}") for c in range(6)]} for r in range(3)]
+    send_bodies(stack, stack.events_queue_url, [*messages, identify("small")])
+    fake_cio.fail("/v1/batch", Fault(), Fault(status=400, body={"meta": {"errors": [REFUSAL]}}))
+
+    # WHEN one invocation handles all four
+    result = poll(stack, lambda_context)
+
+    # THEN the refused request held calls of a message whose other calls the first request delivered
+    first, refused, *resent = batch_requests(fake_cio)
+    assert (first.status, refused.status) == (200, 400)
+    in_first = {c["userId"] for c in first.json["batch"]}
+    in_refused = {c["userId"] for c in refused.json["batch"]}
+    assert {u.split("-")[0] for u in in_first} & {u.split("-")[0] for u in in_refused} == {"r2"}
+    # AND only the refused request's calls were sent again, one per request
+    assert [len(r.json["batch"]) for r in resent] == [1] * len(in_refused)
+    assert {r.json["batch"][0]["userId"] for r in resent} == in_refused
+    # AND every call reached Customer.io exactly once; nothing failed, nothing dead-lettered
+    delivered = [c["messageId"] for c in fake_cio.pipelines_calls()]
+    assert len(delivered) == len(set(delivered)) == 19
+    assert result.response == {"batchItemFailures": []}
+    assert dead_letters(stack) == []
+
+
+def test_call_refused_alone_dead_letters_only_that_call_of_its_message(
+    stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext
+) -> None:
+    # GIVEN a queue message of three calls; Customer.io refuses the packed request, then the second call
+    send_bodies(stack, stack.events_queue_url, [{"batch": [identify("u1"), identify("u2"), identify("u3")]}])
+    refusal = Fault(status=400, body={"meta": {"errors": [REFUSAL]}})
+    fake_cio.fail("/v1/batch", refusal, Fault(), refusal, Fault())
+
+    # WHEN it is handled
+    result = poll(stack, lambda_context)
+
+    # THEN u1 and u3 are delivered once, and the dead-letter copy holds u2 alone, with the reason
+    assert sorted(c["userId"] for c in fake_cio.pipelines_calls()) == ["u1", "u3"]
+    assert result.response == {"batchItemFailures": []}
+    [dead] = dead_letters(stack)
+    assert [c["userId"] for c in json.loads(dead["Body"])["batch"]] == ["u2"]
+    attrs = attributes(dead)
+    assert REFUSAL in attrs["FailureReason"]
+    assert "1 of 3 calls refused" in attrs["FailureReason"]
+    assert attrs["FailureStatus"] == "400"
+
+
 def test_event_name_policy_reject_dead_letters_on_the_queue_side(
     stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext, configure: Configure
 ) -> None:
@@ -528,7 +588,7 @@ def test_retryable_failure_applies_to_every_record_of_that_request_only(
     stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext
 ) -> None:
     # GIVEN 20 records of about 30 KB: two /v1/batch requests, the first of which fails with 503
-    payloads = [identify(f"u{i}", traits={"blob": "x" * 30_000}) for i in range(20)]
+    payloads = [identify(f"u{i}", traits=bulky_traits()) for i in range(20)]
     send_bodies(stack, stack.events_queue_url, payloads)
     fake_cio.fail("/v1/batch", Fault(status=503))
 
@@ -582,7 +642,7 @@ class Clock(LambdaContext):
 def test_records_not_attempted_when_time_runs_out_come_back(stack: Stack, fake_cio: FakeCustomerIO) -> None:
     # GIVEN two requests' worth of records, 4.4 s left, and a first request that takes 0.6 s
     # (a request is started only with connect + read timeout + 1 s = 4 s to spare)
-    payloads = [identify(f"u{i}", traits={"blob": "x" * 30_000}) for i in range(20)]
+    payloads = [identify(f"u{i}", traits=bulky_traits()) for i in range(20)]
     send_bodies(stack, stack.events_queue_url, payloads)
     fake_cio.fail("/v1/batch", Fault(delay=0.6))
 

@@ -256,11 +256,11 @@ def test_credentials_secret_without_pipelines_key_names_key_and_secret(fake: Fak
     secret = Secret({"app_api_key": OLD_APP})
     cio = client_for(settings_for(fake, secret.arn), CountingReader())
 
-    # WHEN a Pipelines call is made
+    # WHEN EventsFunction picks the API for identities and events
     with pytest.raises(ConfigurationError) as caught:
-        cio.pipelines.track(TRACK)
+        cio.events_backend()
 
-    # THEN the error says which key is missing and where it was looked for; nothing was sent
+    # THEN the error says which keys are missing and where they were looked for; nothing was sent
     message = str(caught.value)
     assert "pipelines_api_key" in message
     assert "site_id" in message
@@ -274,7 +274,7 @@ def test_credentials_secret_with_half_the_site_pair_is_missing_a_key(fake: FakeC
     secret = Secret({"site_id": "site-9f1", "app_api_key": OLD_APP})
     cio = client_for(settings_for(fake, secret.arn), CountingReader())
     with pytest.raises(ConfigurationError, match="track_api_key"):
-        cio.pipelines.identify({"userId": "u1"})
+        cio.events_backend()
     assert fake.requests == []
 
 
@@ -294,16 +294,14 @@ def test_credentials_secret_without_app_key_names_key_and_secret(fake: FakeCusto
     assert fake.requests == []
 
 
-def test_credentials_site_id_pair_from_the_secret(aws: None) -> None:
+def test_credentials_site_id_pair_from_the_secret_selects_the_track_api(fake: FakeCustomerIO) -> None:
     # GIVEN a secret with site_id + track_api_key and no Pipelines key
-    with FakeCustomerIO(pipelines_api_key=None, site_id="site-9f1", track_api_key="track-4a2") as server:
-        secret = Secret({"site_id": "site-9f1", "track_api_key": "track-4a2", "app_api_key": OLD_APP})
-        cio = client_for(settings_for(server, secret.arn), CountingReader())
+    secret = Secret({"site_id": "site-9f1", "track_api_key": "track-4a2", "app_api_key": OLD_APP})
+    cio = client_for(settings_for(fake, secret.arn), CountingReader())
 
-        # WHEN a Pipelines call is made / THEN Basic site_id:track_api_key is sent and accepted
-        cio.pipelines.track(TRACK)
-        assert server.requests[0].headers["authorization"] == basic("site-9f1:track-4a2")
-        assert server.requests[0].accepted
+    # WHEN / THEN identities and events go to the Track API, with Basic site_id:track_api_key
+    assert cio.events_backend() is cio.track
+    assert cio.credentials.get().track_authorization() == basic("site-9f1:track-4a2")
 
 
 def test_credentials_missing_secret_names_the_secret(fake: FakeCustomerIO) -> None:
@@ -369,11 +367,11 @@ def test_credentials_local_environment_when_no_secret(fake: FakeCustomerIO) -> N
     assert cio.credentials.get().region is None  # CUSTOMERIO_REGION applies
 
 
-def test_credentials_local_site_id_pair(aws: None) -> None:
-    with FakeCustomerIO(pipelines_api_key=None, site_id="site-9f1", track_api_key="track-4a2") as server:
-        settings = settings_for(server, CUSTOMERIO_SITE_ID="site-9f1", CUSTOMERIO_TRACK_TOKEN="track-4a2")
-        client_for(settings, CountingReader()).pipelines.track(TRACK)
-        assert server.requests[0].headers["authorization"] == basic("site-9f1:track-4a2")
+def test_credentials_local_site_id_pair(fake: FakeCustomerIO) -> None:
+    settings = settings_for(fake, CUSTOMERIO_SITE_ID="site-9f1", CUSTOMERIO_TRACK_TOKEN="track-4a2")
+    cio = client_for(settings, CountingReader())
+    assert cio.events_backend() is cio.track
+    assert cio.credentials.get().track_authorization() == basic("site-9f1:track-4a2")
 
 
 @pytest.mark.parametrize(
@@ -436,5 +434,9 @@ def test_credentials_authorization_headers() -> None:
     both = Credentials(source="s", pipelines_api_key="pk", site_id="s1", track_api_key="t1", app_api_key="ak")
     pair = Credentials(source="s", site_id="s1", track_api_key="t1")
     assert both.pipelines_authorization() == basic("pk:")
-    assert pair.pipelines_authorization() == basic("s1:t1")
+    assert both.events_backend == "pipelines"  # both credentials: Pipelines wins
+    assert pair.events_backend == "track"
+    assert pair.track_authorization() == basic("s1:t1")
+    with pytest.raises(ConfigurationError, match="pipelines_api_key"):
+        pair.pipelines_authorization()  # the Pipelines API takes no Track credential
     assert both.app_authorization() == "Bearer ak"

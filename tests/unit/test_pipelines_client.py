@@ -12,7 +12,7 @@ import pytest
 from cio_relay import USER_AGENT
 from cio_relay.cio import CustomerIO, build_customerio
 from cio_relay.cio.pipelines import PipelinesClient, batch_body, encode, pack
-from cio_relay.errors import InvalidRequest, PayloadTooLarge, Retryable
+from cio_relay.errors import ConfigurationError, InvalidRequest, PayloadTooLarge, Retryable
 from cio_relay.models.pipelines import MAX_BATCH_BYTES, MAX_CALL_BYTES, Identify, Track
 from cio_relay.settings import load_settings
 
@@ -139,23 +139,21 @@ def test_pipelines_batch_wire_format(pipelines: PipelinesClient, fake_cio: FakeC
     assert received.accepted
 
 
-def test_pipelines_site_id_and_track_key_when_no_pipelines_key() -> None:
-    # GIVEN only the legacy site_id + track_api_key pair is configured
-    with FakeCustomerIO(pipelines_api_key=None, site_id="site-1", track_api_key="track-1") as fake:
-        client = customerio(
-            fake,
-            CUSTOMERIO_PIPELINES_API_KEY="",
-            CUSTOMERIO_SITE_ID="site-1",
-            CUSTOMERIO_TRACK_TOKEN="track-1",
-        )
+def test_pipelines_never_sends_the_track_credential(fake_cio: FakeCustomerIO) -> None:
+    # GIVEN only site_id + track_api_key (Track API credentials, which Pipelines refuses)
+    client = customerio(
+        fake_cio,
+        CUSTOMERIO_PIPELINES_API_KEY="",
+        CUSTOMERIO_SITE_ID="site-1",
+        CUSTOMERIO_TRACK_TOKEN="track-1",
+    )
 
-        # WHEN a call is sent
+    # WHEN a Pipelines call is attempted / THEN it fails naming the missing key; nothing is sent
+    with pytest.raises(ConfigurationError, match="pipelines_api_key"):
         client.pipelines.identify({"userId": "u1", "messageId": "m-1"})
-
-        # THEN Basic auth is base64("<site_id>:<track_api_key>") and Customer.io accepts it
-        (received,) = fake.requests
-        assert received.headers["authorization"] == "Basic " + base64.b64encode(b"site-1:track-1").decode()
-        assert received.accepted
+    assert fake_cio.requests == []
+    # AND identities and events go to the Track API instead
+    assert client.events_backend() is client.track
 
 
 def test_pipelines_key_wins_over_site_id_pair(fake_cio: FakeCustomerIO) -> None:

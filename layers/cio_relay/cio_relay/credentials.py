@@ -26,18 +26,30 @@ class Credentials:
     track_api_key: str | None = field(default=None, repr=False)
     region: str | None = None
 
-    def pipelines_authorization(self) -> str:
-        """Basic `<pipelines key>:`, or `<site_id>:<track_api_key>` when only that pair is configured."""
+    @property
+    def events_backend(self) -> str:
+        """Which API identities and events go to: "pipelines" when a Pipelines key is set (it wins),
+        "track" for site_id + track_api_key. Raises ConfigurationError when neither is complete."""
         if self.pipelines_api_key:
-            pair = f"{self.pipelines_api_key}:"
-        elif self.site_id and self.track_api_key:
-            pair = f"{self.site_id}:{self.track_api_key}"
-        else:
-            raise ConfigurationError(
-                "no Pipelines credential: set pipelines_api_key (or site_id and track_api_key) "
-                f"in {self.source}"
-            )
-        return "Basic " + base64.b64encode(pair.encode()).decode()
+            return "pipelines"
+        if self.site_id and self.track_api_key:
+            return "track"
+        raise ConfigurationError(
+            "no credential for identities and events: set pipelines_api_key (Pipelines API), "
+            f"or site_id and track_api_key (Track API), in {self.source}"
+        )
+
+    def pipelines_authorization(self) -> str:
+        """Basic `<pipelines key>:`, the only credential the Pipelines API takes."""
+        if not self.pipelines_api_key:
+            raise ConfigurationError(f"no Pipelines credential: set pipelines_api_key in {self.source}")
+        return "Basic " + base64.b64encode(f"{self.pipelines_api_key}:".encode()).decode()
+
+    def track_authorization(self) -> str:
+        """Basic `<site_id>:<track_api_key>`, the Track API's credential."""
+        if not (self.site_id and self.track_api_key):
+            raise ConfigurationError(f"no Track credential: set site_id and track_api_key in {self.source}")
+        return "Basic " + base64.b64encode(f"{self.site_id}:{self.track_api_key}".encode()).decode()
 
     def app_authorization(self) -> str:
         if not self.app_api_key:

@@ -129,7 +129,7 @@ class DeliveryProcessor(BatchProcessor):
         shown = exc.code if isinstance(exc, CustomerIOError) else decision.reason
         log = {"message_id": record.message_id, "reason": shown, "status": decision.status}
         if decision.action == "dead_letter":
-            if self._dead_letter(record, decision):
+            if self._dead_letter(record, decision, getattr(exc, "dead_letter_body", None)):
                 logger.warning("record dead-lettered", extra=log)
                 count("DeadLettered")
                 return self.success_handler(record=record.raw_event, result=None)
@@ -142,7 +142,8 @@ class DeliveryProcessor(BatchProcessor):
         self._queues.change_visibility(self._source_url(record), record.receipt_handle, decision.delay)
         return super().failure_handler(record, exception)
 
-    def _dead_letter(self, record: SQSRecord, decision: Decision) -> bool:
+    def _dead_letter(self, record: SQSRecord, decision: Decision, body: str | None = None) -> bool:
+        """Copy the record (or `body`: only the calls that were refused) to the DLQ with the reason."""
         if not self._dlq_url:
             logger.error("no dead-letter queue configured; leaving the record to SQS redrive")
             return False
@@ -153,7 +154,7 @@ class DeliveryProcessor(BatchProcessor):
             "ReceiveCount": record.attributes.approximate_receive_count or "1",
         }
         original = record.raw_event.get("messageAttributes") or {}
-        return self._queues.dead_letter(self._dlq_url, record.body or "", reason, original)
+        return self._queues.dead_letter(self._dlq_url, body or record.body or "", reason, original)
 
 
 def process_batch(

@@ -43,6 +43,13 @@ class PayloadTooLarge(InvalidRequest):
     status = 413
 
 
+class Unsupported(InvalidRequest):
+    """The call has no equivalent in the API the relay delivers to (e.g. an alias on the Track API)."""
+
+    code = "unsupported_by_backend"
+    status = 422
+
+
 class ConfigurationError(CioRelayError):
     """The relay itself is misconfigured (missing credential, missing queue URL...)."""
 
@@ -125,6 +132,19 @@ class Permanent(CustomerIOError):
 
     code = "customerio_rejected"
     classification = Classification.PERMANENT
+
+
+class PartlyRefused(Permanent):
+    """Some calls of one queue message were refused for good and the rest delivered.
+
+    `dead_letter_body` holds only the refused calls, so a redrive never sends the delivered ones again.
+    """
+
+    code = "customerio_partly_refused"
+
+    def __init__(self, message: str, *, status: int | None, dead_letter_body: str) -> None:
+        super().__init__(message, status=status)
+        self.dead_letter_body = dead_letter_body
 
 
 class KeyReused(InvalidRequest):

@@ -1,13 +1,15 @@
-"""Events logic: accept calls onto EventsQueue, and deliver queued records to the Pipelines API."""
+"""Events logic: accept calls onto EventsQueue, and deliver queued records to Pipelines or Track."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -15,9 +17,19 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import TypeAdapter, ValidationError
 
 from cio_relay.cio import CustomerIO, get_customerio
+from cio_relay.cio.backend import EventsBackend, Item
 from cio_relay.cio.pipelines import encode, pack
 from cio_relay.delivery import Deadline, Outcomes
-from cio_relay.errors import CioRelayError, InvalidRequest, NotAttempted, PayloadTooLarge, Permanent
+from cio_relay.errors import (
+    CioRelayError,
+    Classification,
+    InvalidRequest,
+    NotAttempted,
+    PartlyRefused,
+    PayloadTooLarge,
+    Permanent,
+)
+from cio_relay.limits import check_limits
 from cio_relay.models import invalid_request
 from cio_relay.models.pipelines import MAX_BATCH_BYTES, MAX_CALL_BYTES, Batch, Call, Queued
 from cio_relay.observability import count, logger
@@ -94,6 +106,15 @@ def encode_checked(call: dict[str, Any], field_name: str) -> bytes:
 
 def parse_queue_body(record: SQSRecord) -> list[dict[str, Any]]:
     """An EventsQueue body: one call with its `type`, or `{"batch": [...]}`. Raises InvalidRequest."""
+    return parse_queue_message(record)[0]
+
+
+def parse_queue_message(record: SQSRecord) -> tuple[list[dict[str, Any]], bool]:
+    """The calls of an EventsQueue message, and whether it was a `{"batch": [...]}`.
+
+    Every call leaves with a messageId and a timestamp: a call without one gets one derived from the
+    SQS message id, and the message's SentTimestamp — the same on every receive of that message.
+    """
     try:
         data = json.loads(record.body or "")
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser allows
@@ -107,20 +128,78 @@ def parse_queue_body(record: SQSRecord) -> list[dict[str, Any]]:
             calls = [_CALL.validator.validate_python(data).wire()]  # the validator itself: once per record
     except ValidationError as exc:
         raise invalid_request(exc) from None
+    sent_at = sent_time(record)
     for index, call in enumerate(calls):
         if call.get("messageId") is None:  # absent or null: Customer.io needs one on every call
             call["messageId"] = derived_message_id(record.message_id, index)
-    return calls
+        if call.get("timestamp") is None and sent_at is not None:
+            call["timestamp"] = sent_at
+    return calls, "batch" in data
+
+
+def iso_time(epoch_ms: int) -> str:
+    """ISO-8601 UTC with milliseconds, e.g. 2026-12-01T09:30:00.123Z."""
+    when = datetime.fromtimestamp(epoch_ms / 1000, UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def sent_time(record: SQSRecord) -> str | None:
+    """When SQS received the message (its SentTimestamp), the event time of a call that has none."""
+    sent = record.attributes.sent_timestamp
+    return iso_time(int(sent)) if sent and sent.isdigit() else None
 
 
 @dataclass
-class _Pending:
+class _Record:
+    """A queue message being delivered: its calls, their backend items and one result per call."""
+
     record_id: str
-    calls: list[bytes] = field(default_factory=list)
+    calls: list[dict[str, Any]]
+    batch: bool
+    items: list[Item | None] = field(default_factory=list)
+    results: list[BaseException | None] = field(default_factory=list)
+
+    def where(self, index: int) -> str:
+        return f"batch.{index}." if self.batch else ""
+
+    def outcome(self) -> BaseException | None:
+        """Delivered (None); retry (the first retryable error: the whole message comes back); or
+        permanent: the message when every call was refused, else only its refused calls."""
+        failures = [(i, r) for i, r in enumerate(self.results) if r is not None]
+        if not failures:
+            return None
+        retry = next((r for _, r in failures if not _permanent(r)), None)
+        if retry is not None:
+            return retry
+        if len(failures) == len(self.results):
+            return failures[0][1]
+        reasons = "; ".join(str(r) for _, r in failures)
+        first = failures[0][1]
+        status = getattr(first, "status", None)
+        body = encode({"batch": [self.calls[i] for i, _ in failures]}).decode()
+        return PartlyRefused(
+            f"{len(failures)} of {len(self.results)} calls refused (the rest delivered; the dead-letter "
+            f"copy holds only the refused ones): {reasons}",
+            status=status if isinstance(status, int) else None,
+            dead_letter_body=body,
+        )
+
+
+def _permanent(exc: BaseException) -> bool:
+    return isinstance(exc, CioRelayError) and exc.classification is Classification.PERMANENT
+
+
+def _located(exc: InvalidRequest, prefix: str) -> InvalidRequest:
+    """The same error naming its field within the message (e.g. `batch.3.event`; `body` for the call)."""
+    field_name = f"{prefix}{exc.field}" if exc.field else prefix.rstrip(".") or "body"
+    return type(exc)(exc.reason, field=field_name)
+
+
+_Slot = tuple[_Record, int, bytes]
 
 
 class Forwarder:
-    """Accept (validate -> enqueue) and deliver (records -> Pipelines /v1/batch)."""
+    """Accept (validate -> enqueue) and deliver (records -> Pipelines /v1/batch or Track /api/v2/batch)."""
 
     def __init__(self, settings: Settings, queues: Queues, customerio: CustomerIO) -> None:
         self._settings = settings
@@ -129,11 +208,13 @@ class Forwarder:
 
     # ---- API side -------------------------------------------------------------------------
     def accept(self, calls: Sequence[dict[str, Any]], *, batch: bool = False) -> Queued:
-        """Check and enqueue calls; each keeps (or gets) a messageId that survives every retry.
+        """Check and enqueue calls; each keeps (or gets) a messageId and a timestamp (the accept time)
+        that survive every retry.
 
         Raises InvalidRequest / PayloadTooLarge before anything is queued, EnqueueFailed if SQS refused.
         """
         queue_url = self._settings.require("events_queue_url")
+        accepted_at = iso_time(time.time_ns() // 1_000_000)
         bodies: list[str] = []
         call_ids: list[str] = []
         total = 0
@@ -141,8 +222,11 @@ class Forwarder:
             where = f"batch.{index}" if batch else "body"
             if call.get("messageId") is None:  # absent or null ("messageId": null is valid JSON)
                 call["messageId"] = str(uuid.uuid4())
+            if call.get("timestamp") is None:  # Customer.io would stamp its arrival, hours late in an outage
+                call["timestamp"] = accepted_at
             check_conventions(call, self._settings.event_name_policy, f"{where}.event" if batch else "event")
             encoded = encode_checked(call, where)
+            check_limits(call, self._settings.limits_policy, f"{where}." if batch else "")
             total += len(encoded) + 1
             bodies.append(encoded.decode())
             call_ids.append(call["messageId"])
@@ -157,82 +241,116 @@ class Forwarder:
 
     # ---- SQS side -------------------------------------------------------------------------
     def deliver(self, records: list[SQSRecord], deadline: Deadline) -> Outcomes:
-        """Send every valid record, packed into as few /v1/batch requests as the limits allow."""
+        """Send every valid call, packed into as few batch requests as the backend's limits allow.
+
+        Each call has its own result: a call the backend refused is dead-lettered on its own (the
+        message's other calls count as delivered), and a packed request refused as a whole (400) is
+        sent again call by call — only the calls it held.
+        """
         outcomes: dict[str, BaseException | None] = {}
-        pending: list[_Pending] = []
-        policy = self._settings.event_name_policy
+        pending: list[_Record] = []
         # logger.set_correlation_id(message_id) for each record, without looking the formatter up each time.
         log_keys = logger.registered_formatter
         for record in records:
             message_id = record.message_id
             log_keys.append_keys(correlation_id=message_id)
             try:
-                calls = parse_queue_body(record)
-                for call in calls:
-                    check_conventions(call, policy)
-                pending.append(_Pending(message_id, [encode_checked(c, "body") for c in calls]))
+                calls, batch = parse_queue_message(record)
             except InvalidRequest as exc:
                 outcomes[message_id] = exc
+                continue
+            pending.append(_Record(message_id, calls, batch))
         logger.set_correlation_id(None)
-        self._send_packed(pending, outcomes, deadline)
+        try:
+            backend = self._cio.events_backend()
+        except CioRelayError as exc:  # no usable credential, or the secret cannot be read: retried
+            outcomes.update((item.record_id, exc) for item in pending)
+            return outcomes
+        for item in pending:
+            log_keys.append_keys(correlation_id=item.record_id)
+            self._prepare(item, backend)
+        logger.set_correlation_id(None)
+        self._send(pending, backend, deadline)
+        for item in pending:
+            outcomes[item.record_id] = item.outcome()
         count("Forwarded", sum(1 for o in outcomes.values() if o is None))
         return outcomes
 
-    def _send_packed(
-        self, pending: list[_Pending], outcomes: dict[str, BaseException | None], deadline: Deadline
-    ) -> None:
-        flat = [(item, call) for item in pending for call in item.calls]
-        groups = list(pack([call for _, call in flat]))
-        sent: dict[int, BaseException | None] = {}  # group index -> outcome (absent: not attempted)
-        alone: set[str] = set()  # records of a rejected batch, each sent on its own instead
-        for index, group in enumerate(groups):
-            if not deadline.allows_request():
-                break
-            owners = list(dict.fromkeys(flat[i][0].record_id for i in group))
+    def _prepare(self, record: _Record, backend: EventsBackend) -> None:
+        settings = self._settings
+        for index, call in enumerate(record.calls):
+            prefix = record.where(index)
             try:
-                self._cio.pipelines.batch_encoded([flat[i][1] for i in group])
-                sent[index] = None
-            except Permanent as exc:
-                if len(owners) == 1:
-                    sent[index] = exc
-                    continue
-                # One bad record must not poison the others: send each record on its own.
-                logger.warning(
-                    "batch rejected; sending its records one by one", extra={"records": len(owners)}
-                )
-                alone.update(owners)
-                self._one_by_one([p for p in pending if p.record_id in owners], outcomes, deadline)
-                sent[index] = None
-            except CioRelayError as exc:  # Customer.io errors, and a secret that cannot be read
-                sent[index] = exc
-        groups_of: dict[str, list[int]] = {}
-        for index, group in enumerate(groups):
-            for i in group:
-                groups_of.setdefault(flat[i][0].record_id, []).append(index)
-        for item in pending:
-            if item.record_id in alone:
-                continue  # decided (or left unattempted) by _one_by_one
-            results = [sent.get(g, _NOT_SENT) for g in groups_of[item.record_id]]
-            failure = next((r for r in results if r is not None and r is not _NOT_SENT), None)
-            if failure is not None:
-                outcomes[item.record_id] = failure
-            elif _NOT_SENT not in results:
-                outcomes[item.record_id] = None
+                check_conventions(call, settings.event_name_policy, f"{prefix}event")
+                item = backend.item(call)
+                check_limits(call, settings.limits_policy, prefix)
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800") parses as JSON but is not UTF-8
+                item = None
+                error = InvalidRequest("text must be valid Unicode (no lone surrogates)", field=None)
+            except InvalidRequest as exc:
+                item, error = None, exc
+            record.items.append(item)
+            record.results.append(_NOT_SENT if item is not None else _located(error, prefix))
 
-    def _one_by_one(
-        self, pending: list[_Pending], outcomes: dict[str, BaseException | None], deadline: Deadline
-    ) -> None:
-        for item in pending:
-            if item.record_id in outcomes:
-                continue
+    def _send(self, pending: list[_Record], backend: EventsBackend, deadline: Deadline) -> None:
+        packed: list[_Slot] = []
+        alone: list[tuple[_Record, int, Item]] = []
+        for record in pending:
+            for index, item in enumerate(record.items):
+                if item is not None and item.alone is None:
+                    packed.append((record, index, item.body))
+                elif item is not None:
+                    alone.append((record, index, item))
+        groups = pack([body for _, _, body in packed], max_request_bytes=backend.max_request_bytes)
+        for group in groups:
+            if not deadline.allows_request():
+                return
+            slots = [packed[i] for i in group]
             try:
-                for group in pack(item.calls):
-                    if not deadline.allows_request():
-                        return
-                    self._cio.pipelines.batch_encoded([item.calls[i] for i in group])
-                outcomes[item.record_id] = None
+                refused = backend.send_batch([body for _, _, body in slots])
+            except Permanent as exc:
+                if len(slots) == 1:
+                    _set(slots, exc)
+                    continue
+                # One bad call must not poison the others: send the calls this request held, one by one.
+                logger.warning("batch refused; sending its calls one by one", extra={"calls": len(slots)})
+                if not self._one_by_one(slots, backend, deadline):
+                    return
+                continue
+            except CioRelayError as exc:  # Customer.io errors, and a secret that cannot be read
+                _set(slots, exc)
+                continue
+            for position, (record, index, _) in enumerate(slots):
+                record.results[index] = refused.get(position)
+        self._send_alone(alone, backend, deadline)
+
+    def _send_alone(
+        self, alone: list[tuple[_Record, int, Item]], backend: EventsBackend, deadline: Deadline
+    ) -> None:
+        for record, index, item in alone:
+            if not deadline.allows_request():
+                return
+            try:
+                backend.send_alone(str(item.alone), item.body)
+                record.results[index] = None
             except CioRelayError as exc:
-                outcomes[item.record_id] = exc
+                record.results[index] = exc
+
+    def _one_by_one(self, slots: list[_Slot], backend: EventsBackend, deadline: Deadline) -> bool:
+        """False when time ran out (the calls not sent stay unattempted)."""
+        for record, index, body in slots:
+            if not deadline.allows_request():
+                return False
+            try:
+                record.results[index] = backend.send_batch([body]).get(0)
+            except CioRelayError as exc:
+                record.results[index] = exc
+        return True
+
+
+def _set(slots: list[_Slot], exc: BaseException) -> None:
+    for record, index, _ in slots:
+        record.results[index] = exc
 
 
 _NOT_SENT = NotAttempted("not attempted in this invocation")

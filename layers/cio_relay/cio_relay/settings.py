@@ -15,6 +15,7 @@ Region = Literal["us", "eu"]
 
 PIPELINES_HOSTS: dict[str, str] = {"us": "https://cdp.customer.io", "eu": "https://cdp-eu.customer.io"}
 APP_HOSTS: dict[str, str] = {"us": "https://api.customer.io", "eu": "https://api-eu.customer.io"}
+TRACK_HOSTS: dict[str, str] = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
 
 
 class Settings(BaseModel):
@@ -26,6 +27,7 @@ class Settings(BaseModel):
     region: Region = Field("us", alias="CUSTOMERIO_REGION")
     pipelines_url: str | None = Field(None, alias="CUSTOMERIO_PIPELINES_URL")
     app_url: str | None = Field(None, alias="CUSTOMERIO_APP_URL")
+    track_url: str | None = Field(None, alias="CUSTOMERIO_TRACK_URL")
     connect_timeout: float = Field(3.05, gt=0, le=30, alias="CUSTOMERIO_CONNECT_TIMEOUT")
     read_timeout: float = Field(10.0, gt=0, le=120, alias="CUSTOMERIO_READ_TIMEOUT")
     events_queue_url: str | None = Field(None, alias="EVENTS_QUEUE_URL")
@@ -41,6 +43,8 @@ class Settings(BaseModel):
     retry_cap_seconds: float = Field(3_600, ge=0, le=43_200, alias="RETRY_CAP_SECONDS")
     max_receive_count: int | None = Field(None, ge=1, le=1000, alias="MAX_RECEIVE_COUNT")
     event_name_policy: Literal["warn", "reject", "off"] = Field("warn", alias="EVENT_NAME_POLICY")
+    # Journeys' data limits (ids, event names, attributes): refuse at the edge, log, or let through.
+    limits_policy: Literal["reject", "warn", "off"] = Field("reject", alias="JOURNEYS_LIMITS_POLICY")
     tracing_enabled: bool = Field(False, alias="TRACING_ENABLED")
     # Local runs only (docs/design.md): used when CUSTOMERIO_SECRET_ID is unset.
     local_pipelines_api_key: str | None = Field(None, alias="CUSTOMERIO_PIPELINES_API_KEY", repr=False)
@@ -62,6 +66,9 @@ class Settings(BaseModel):
 
     def app_base(self, region: str | None = None) -> str:
         return (self.app_url or APP_HOSTS[region or self.region]).rstrip("/")
+
+    def track_base(self, region: str | None = None) -> str:
+        return (self.track_url or TRACK_HOSTS[region or self.region]).rstrip("/")
 
     def require(self, attribute: str) -> str:
         """The value of a setting a code path cannot do without; ConfigurationError names the variable."""

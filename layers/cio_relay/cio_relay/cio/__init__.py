@@ -1,4 +1,4 @@
-"""The Customer.io client: transport, Pipelines API, App API, built once per container."""
+"""The Customer.io client: transport, Pipelines, Track and App APIs, built once per container."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from cio_relay.cio.app_api import AppClient
+from cio_relay.cio.backend import EventsBackend
 from cio_relay.cio.pipelines import PipelinesClient
+from cio_relay.cio.track import TrackClient
 from cio_relay.cio.transport import Transport
 from cio_relay.credentials import CredentialsProvider, SecretReader
 from cio_relay.observability import record_request
@@ -19,6 +21,14 @@ class CustomerIO:
     app: AppClient
     credentials: CredentialsProvider
     transport: Transport
+    track: TrackClient
+
+    def events_backend(self) -> EventsBackend:
+        """Pipelines when the secret has a Pipelines key, else Track for site_id + track_api_key.
+
+        Raises ConfigurationError (retried) when the secret has neither, or cannot be read.
+        """
+        return self.pipelines if self.credentials.get().events_backend == "pipelines" else self.track
 
 
 def build_customerio(settings: Settings, secret_reader: SecretReader | None = None) -> CustomerIO:
@@ -34,6 +44,7 @@ def build_customerio(settings: Settings, secret_reader: SecretReader | None = No
         app=AppClient(transport, credentials, settings),
         credentials=credentials,
         transport=transport,
+        track=TrackClient(transport, credentials, settings),
     )
 
 

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from cio_relay.cio.backend import Item
 from cio_relay.cio.transport import Response, Transport
 from cio_relay.credentials import Credentials, CredentialsProvider
-from cio_relay.errors import InvalidRequest, PayloadTooLarge
+from cio_relay.errors import CustomerIOError, InvalidRequest, PayloadTooLarge
 from cio_relay.models import MAX_BATCH_BYTES, MAX_CALL_BYTES, describe
 from cio_relay.settings import Settings
 
@@ -93,6 +94,10 @@ class PipelinesClient:
     is recognisably the same call.
     """
 
+    name = "Pipelines API"
+    max_item_bytes = MAX_CALL_BYTES
+    max_request_bytes = MAX_BATCH_BYTES
+
     def __init__(self, transport: Transport, credentials: CredentialsProvider, settings: Settings) -> None:
         self._transport = transport
         self._credentials = credentials
@@ -144,6 +149,21 @@ class PipelinesClient:
     def batch_encoded(self, encoded: Sequence[bytes]) -> None:
         """POST already-encoded calls as one /v1/batch request (the caller packed them with `pack`)."""
         self._post("/v1/batch", batch_body(encoded))
+
+    def item(self, call: dict[str, Any]) -> Item:
+        """The call's /v1/batch bytes (already validated by the caller); PayloadTooLarge over 32 KB."""
+        encoded = encode(call)
+        if len(encoded) > MAX_CALL_BYTES:
+            raise PayloadTooLarge(f"call is {len(encoded)} bytes; Customer.io takes at most {MAX_CALL_BYTES}")
+        return Item(encoded)
+
+    def send_batch(self, items: Sequence[bytes]) -> dict[int, CustomerIOError]:
+        """One /v1/batch request: Pipelines accepts or refuses it whole (400 in strict mode)."""
+        self.batch_encoded(items)
+        return {}
+
+    def send_alone(self, path: str, body: bytes) -> None:
+        self._post(path, body)
 
     def batch(self, calls: Sequence[dict[str, Any] | PipelinesCall]) -> int:
         """Send calls in as few /v1/batch requests as the limits allow; returns the request count.

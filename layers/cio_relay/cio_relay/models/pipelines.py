@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from cio_relay.models import MAX_BATCH_BYTES as MAX_BATCH_BYTES  # noqa: PLC0414 - re-exported
 from cio_relay.models import MAX_CALL_BYTES as MAX_CALL_BYTES  # noqa: PLC0414 - re-exported
@@ -25,6 +27,19 @@ Identifier = Annotated[str, BeforeValidator(_identifier), Field(min_length=1, ma
 Name = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"\S")]
 
 
+def _iso8601(value: str) -> str:
+    # Customer.io's `timestamp` is an ISO-8601 date-time; anything else it drops or misreads.
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise PydanticCustomError("timestamp", "timestamp must be an ISO-8601 date-time") from None
+    return value
+
+
+# Kept as sent (a string), checked to be a date-time.
+Timestamp = Annotated[str, Field(max_length=64), AfterValidator(_iso8601)]
+
+
 # Models built only when first used (`defer_build`): a model costs 0.5-2 ms of cold start to build, and
 # these are not needed by every invocation. PipelinesCall itself is never validated, only its subclasses,
 # which are built at import (_BUILT): every EventsQueue record is validated against them.
@@ -40,7 +55,7 @@ class PipelinesCall(BaseModel):
     user_id: Identifier | None = Field(None, alias="userId")
     anonymous_id: Identifier | None = Field(None, alias="anonymousId")
     message_id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(None, alias="messageId")
-    timestamp: str | None = None
+    timestamp: Timestamp | None = None
     context: dict[str, Any] | None = None
     integrations: dict[str, Any] | None = None
 
