@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cio_relay.forwarding import iso_time
 
 from local_stack.customerio import FakeCustomerIO
 from tests.conftest import Stack
@@ -74,7 +75,10 @@ def test_api_sample_is_answered(
         sent = request_body(event)
         expected = queued_calls(sent) if path == "/v1/batch" else [{**sent, "type": path.rsplit("/", 1)[1]}]
         queued = bodies(receive_all(stack, stack.events_queue_url))
-        assert [{k: v for k, v in b.items() if k != "messageId"} for b in queued] == expected
+        # A call without a timestamp is queued with the accept time.
+        assert [{k: v for k, v in b.items() if k != "messageId"} for b in queued] == [
+            {"timestamp": b["timestamp"], **c} for b, c in zip(queued, expected, strict=True)
+        ]
         assert [b["messageId"] for b in queued] == answer.body["call_ids"]
         assert fake_cio.requests == []
     elif event["httpMethod"] == "DELETE":
@@ -116,8 +120,15 @@ def test_sqs_sample_is_delivered(
     assert (request.path, request.status, request.strict) == ("/v1/batch", 200, True)
     expected = [c for r in event["Records"] for c in queued_calls(json.loads(r["body"]))]
     delivered = fake_cio.pipelines_calls()
+    # A call queued without a timestamp is sent with its message's SentTimestamp.
+    sent_at = [
+        r["attributes"]["SentTimestamp"]
+        for r in event["Records"]
+        for _ in queued_calls(json.loads(r["body"]))
+    ]
     assert [{k: v for k, v in c.items() if k != "messageId"} for c in delivered] == [
-        {k: v for k, v in c.items() if k != "messageId"} for c in expected
+        {"timestamp": iso_time(int(ms)), **{k: v for k, v in c.items() if k != "messageId"}}
+        for c, ms in zip(expected, sent_at, strict=True)
     ]
     assert all(c["messageId"] for c in delivered)
     assert dead_letters_empty(stack)

@@ -145,8 +145,8 @@ def iso_time(epoch_ms: int) -> str:
 
 def sent_time(record: SQSRecord) -> str | None:
     """When SQS received the message (its SentTimestamp), the event time of a call that has none."""
-    sent = record.attributes.sent_timestamp
-    return iso_time(int(sent)) if sent and sent.isdigit() else None
+    sent = (record.raw_event.get("attributes") or {}).get("SentTimestamp")
+    return iso_time(int(sent)) if isinstance(sent, str) and sent.isdigit() else None
 
 
 @dataclass
