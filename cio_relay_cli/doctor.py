@@ -99,9 +99,15 @@ def function_keys(target: Target, secret: Secret) -> Check:
     have: list[str] = []
     if "pipelines" in NEEDS[target.function]:
         if data.get("pipelines_api_key"):
-            have.append("Pipelines key (pipelines_api_key)")
+            ignored = "; site_id + track_api_key unused" if data.get("track_api_key") else ""
+            have.append(
+                f"Pipelines key (pipelines_api_key: identities and events go to the Pipelines API{ignored})"
+            )
         elif data.get("site_id") and data.get("track_api_key"):
-            have.append("Pipelines credential (site_id + track_api_key)")
+            have.append(
+                "Track API credentials (site_id + track_api_key and no pipelines_api_key: "
+                "identities and events go to the Track API)"
+            )
         else:
             missing.append(
                 f"{_in_secret(secret, 'pipelines_api_key', 'CUSTOMERIO_PIPELINES_API_KEY')}: "
@@ -231,6 +237,44 @@ def pipelines_key_check(transport: Transport, settings: Settings, credentials: C
     return Check(
         True,
         f"Pipelines key accepted (POST {host}/v1/batch with an empty batch: {response.status}, "
+        f"nothing created, {_ms(response.elapsed)})",
+    )
+
+
+def track_key_check(transport: Transport, settings: Settings, credentials: Credentials) -> Check:
+    """POST /api/v2/batch with an empty batch: Customer.io checks the credentials first (401 when
+    rejected), then refuses the empty batch (400), so a 400 proves them without creating any data."""
+    base = settings.track_base(credentials.region)
+    host = urlsplit(base).hostname
+    started = time.perf_counter()
+    try:
+        response = transport.request(
+            "POST",
+            f"{base}/api/v2/batch",
+            what="POST /api/v2/batch",
+            headers={"Authorization": credentials.track_authorization()},
+            body=b'{"batch":[]}',
+        )
+    except AuthRejected as exc:
+        return Check(
+            False,
+            f"Track API credentials rejected by {host} ({exc.status}, {_ms(time.perf_counter() - started)})",
+            "put the Site ID and API key of Settings > API credentials > Track API keys in site_id and "
+            "track_api_key (or a Pipelines key in pipelines_api_key); an EU workspace needs region eu",
+        )
+    except Permanent as exc:
+        if exc.status == 400:
+            return Check(
+                True,
+                f"Track API credentials accepted (POST {host}/api/v2/batch with an empty batch: 400 as "
+                f"expected, nothing created, {_ms(time.perf_counter() - started)})",
+            )
+        return _unreachable("Track API", host, exc)
+    except CustomerIOError as exc:
+        return _unreachable("Track API", host, exc)
+    return Check(
+        True,
+        f"Track API credentials accepted (POST {host}/api/v2/batch with an empty batch: {response.status}, "
         f"nothing created, {_ms(response.elapsed)})",
     )
 
@@ -396,6 +440,8 @@ class Doctor:
     def _probe(self, kind: str, settings: Settings, credentials: Credentials) -> None:
         probe = app_key_check if kind == "app" else pipelines_key_check
         base = settings.app_base if kind == "app" else settings.pipelines_base
+        if kind == "pipelines" and not credentials.pipelines_api_key:  # Track credentials (or none)
+            kind, probe, base = "track", track_key_check, settings.track_base
         if not self._once(kind, base(credentials.region), settings.secret_id):
             return
         with contextlib.suppress(ConfigurationError):  # a missing key is reported by function_keys

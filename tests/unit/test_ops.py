@@ -128,20 +128,6 @@ def test_doctor_secret_without_app_key_fails_both_functions(aws: None, fake_cio:
     assert "✓ Pipelines key accepted" in output
 
 
-def test_doctor_track_credentials_count_as_a_pipelines_credential(aws: None) -> None:
-    # GIVEN a secret with site_id + track_api_key instead of a Pipelines key
-    secret = {"site_id": "site-1", "track_api_key": "track-1", "app_api_key": APP_KEY}
-    with FakeCustomerIO(pipelines_api_key=None, site_id="site-1", track_api_key="track-1") as fake:
-        env = secret_env(fake, secret)
-
-        # WHEN doctor runs
-        code, output = run(["doctor"], env)
-
-    # THEN the pair is accepted
-    assert code == 0, output
-    assert "Pipelines credential (site_id + track_api_key)" in output
-
-
 def test_doctor_region_mismatch_fails(aws: None, fake_cio: FakeCustomerIO) -> None:
     # GIVEN a secret for an EU workspace, a function configured for US and a US App URL override
     env = secret_env(
