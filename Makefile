@@ -15,7 +15,7 @@ help:
 	@echo "make run       local stack: API on 127.0.0.1:3000, SQS pollers, Customer.io sandbox"
 	@echo "make test      venv + lint + the whole test suite (the CI gate)"
 	@echo "make lint      ruff + mypy"
-	@echo "make bench     benchmarks against the official Customer.io SDKs"
+	@echo "make bench     benchmarks as ratios (report in bench/results/; ARGS=--strict, --quick, --only)"
 	@echo "make build     sam build (python3.13) + native-extension architecture check"
 	@echo "make security  checkov on template.yaml (own venv) + bandit"
 

@@ -66,8 +66,12 @@ class MotoProcess(ChildServer):
 
 def serve_moto() -> None:
     from moto.server import ThreadedMotoServer  # noqa: PLC0415 - only the child process needs moto
+    from werkzeug.serving import WSGIRequestHandler  # noqa: PLC0415 - moto's HTTP server
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    # Werkzeug writes an answer's headers and body separately; with Nagle's algorithm on, the body can
+    # wait for the client's delayed ACK. AWS answers promptly, and so should the stand-in.
+    WSGIRequestHandler.disable_nagle_algorithm = True
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.child import MotoProcess
+from bench.context import Bench
 from bench.fake import APP_KEY, DEFAULT_LATENCY, FakeProcess
 from bench.relay import environment, no_failures, relay_stack, reset_layer_caches, timed
-from bench.results import Run, summarise
+from bench.report import target_rows
+from bench.results import Run, Section, Spread, Target, at_least, at_most, median, paired, show, table
 from bench.sdks import SDKS, ensure_venv
 from bench.workload import email_batch, email_body
 from tests.support import LambdaContext, load_function
@@ -52,27 +54,24 @@ class EmailBench:
     sdk_version: str = ""
     notes: list[str] = field(default_factory=list)
 
-    def ratio(self, a: str, b: str, attribute: str) -> float | None:
+    def ratios(self, a: str, b: str, per_event: str) -> list[float]:
+        """Run by run (they took turns): `per_event` ("events_per_second" or "cpu_us_per_event")."""
         first, second = self.runs.get(a), self.runs.get(b)
-        if first is None or second is None or not getattr(second, attribute):
-            return None
-        return float(getattr(first, attribute) / getattr(second, attribute))
+        if first is None or second is None:
+            return []
+        return paired(getattr(first, per_event)(), getattr(second, per_event)())
 
-    def checks(self) -> list[tuple[str, str, float | None, bool | None]]:
-        speedup = self.ratio("concurrent", "sequential", "events_per_second")
-        cpu = self.ratio("concurrent", SDK_LABEL, "cpu_us_per_event")
+    def targets(self) -> list[Target]:
         return [
-            (
+            at_least(
                 f"EmailQueue batch {BATCH}: sends/s concurrent ÷ sequential",
-                f"≥ {SPEEDUP_AT_LEAST:g}x",
-                speedup,
-                None if speedup is None else speedup >= SPEEDUP_AT_LEAST,
+                self.ratios("concurrent", "sequential", "events_per_second"),
+                SPEEDUP_AT_LEAST,
             ),
-            (
+            at_most(
                 "CPU per send, idempotency off ÷ `customerio` send_email",
-                f"≤ {CPU_AT_MOST:g}x",
-                cpu,
-                None if cpu is None else cpu <= CPU_AT_MOST,
+                self.ratios("concurrent", SDK_LABEL, "cpu_us_per_event"),
+                CPU_AT_MOST,
             ),
         ]
 
@@ -214,7 +213,7 @@ def measure(fake: FakeProcess, moto: MotoProcess, reps: int = 5, *, wired: bool 
             found.dynamodb_us_per_send = dynamodb_cpu(reps)
     for name, measured in samples.items():
         if measured:
-            found.runs[name] = summarise(name, BATCH, measured, 1.0)
+            found.runs[name] = Run(name, BATCH, tuple(measured), 1.0)
     LAST = found
     return found
 
@@ -223,51 +222,48 @@ def fmt(value: float | None, digits: int = 0) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
-def render(found: EmailBench | None) -> str:
-    """The report's transactional section (empty when not measured)."""
-    if found is None:
-        return ""
-    lines = [
-        "",
-        f"#### EmailFunction concurrency (EmailQueue batch {BATCH})",
-        "",
-        "| contender | sends/s | CPU µs/send |",
-        "|---|---:|---:|",
-    ]
+def section(found: EmailBench) -> Section:
+    """The report's transactional section."""
+    done = Section(f"EmailFunction concurrency (EmailQueue batch {BATCH})", notes=list(found.notes))
+    rows = []
     for name in [*MODES, SDK_LABEL]:
         run = found.runs.get(name)
         label = name if name == SDK_LABEL else f"**cio-relay** {name}"
-        rate, cpu = (run.events_per_second, run.cpu_us_per_event) if run else (None, None)
-        lines.append(f"| {label} | {fmt(rate)} | {fmt(cpu)} |")
+        rate = Spread.of(run.events_per_second()) if run else None
+        cpu = Spread.of(run.cpu_us_per_event()) if run else None
+        rows.append([label, show(rate, 0), show(cpu, 0)])
+    done.lines += table(["contender", "sends/s", "CPU µs/send"], rows)
     on, off = found.runs.get("concurrent, idempotency on"), found.runs.get("concurrent")
-    if on and off:
-        extra = on.cpu_us_per_event - off.cpu_us_per_event
+    on_cpu, off_cpu = (
+        (median(on.cpu_us_per_event()), median(off.cpu_us_per_event())) if on and off else (None, None)
+    )
+    if on_cpu is not None and off_cpu is not None:
+        extra = on_cpu - off_cpu
         dynamo = found.dynamodb_us_per_send or 0.0
-        lines += [
+        done.lines += [
             "",
-            f"Idempotency on costs {fmt(extra)} µs of CPU per send over off: {fmt(dynamo)} µs are the two "
-            f"DynamoDB calls through boto3 (in-progress PutItem, completion UpdateItem), the other "
+            f"Idempotency on costs {fmt(extra)} µs of CPU per send over off (medians): {fmt(dynamo)} µs are "
+            f"the two DynamoDB calls through boto3 (in-progress PutItem, completion UpdateItem), the other "
             f"{fmt(extra - dynamo)} µs are Powertools' idempotency bookkeeping (hashing the key and the "
             "payload, building and parsing its records, serialising the answer).",
         ]
-    lines += ["", "| target | goal | measured | result |", "|---|---|---:|---|"]
-    for name, goal, value, passed in found.checks():
-        verdict = "n/a" if passed is None else "PASS" if passed else "FAIL"
-        lines.append(f"| {name} | {goal} | {fmt(value, 2)}x | **{verdict}** |")
-    lines += [f"- {note}" for note in found.notes]
-    return "\n".join(lines) + "\n"
+    done.targets += found.targets()
+    return done
 
 
-def failed(found: EmailBench | None) -> bool:
-    return found is not None and any(passed is False for *_, passed in found.checks())
+def measure_section(bench: Bench) -> Section:
+    """`make bench`'s hook: this module's measurement against the bench's stack."""
+    bench.say(f"cio-relay EmailFunction batch of {BATCH}: concurrent, sequential, `customerio` send_email")
+    return section(measure(bench.fake, bench.moto, reps=bench.reps(5, 3), wired=True))
 
 
 def main() -> None:
     quick = "--quick" in sys.argv
     with FakeProcess(DEFAULT_LATENCY) as fake, MotoProcess() as moto:
         found = measure(fake, moto, reps=3 if quick else 5)
-    print(render(found))
-    if "--strict" in sys.argv and failed(found):
+    done = section(found)
+    print("\n".join([*done.lines, "", *target_rows(done.targets)]))
+    if "--strict" in sys.argv and any(t.passed is False for t in done.targets):
         sys.exit(1)
 
 

@@ -10,14 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from aws_lambda_powertools.utilities import parameters
@@ -27,13 +24,11 @@ from pydantic import TypeAdapter
 
 from bench.child import MOTO_CREDENTIAL, MotoProcess
 from bench.fake import APP_KEY, PIPELINES_KEY, FakeProcess
-from bench.results import Run, summarise
-from bench.workload import email_batch, events, events_batch, queue_body
+from bench.workload import events, events_batch, queue_body
 from tests.conftest import create_stack
 from tests.support import REGION, LambdaContext, load_function
 
 ROOT = Path(__file__).resolve().parent.parent
-EMAIL_APP = ROOT / "functions" / "email" / "app.py"
 
 
 @contextlib.contextmanager
@@ -138,66 +133,41 @@ def no_failures(response: Any, what: str) -> None:
 class EventsHandler:
     """EventsFunction's lambda_handler in a warm container; run(n) is one invocation on n SQS records."""
 
-    def __init__(self, sizes: list[int]) -> None:
+    def __init__(self) -> None:
         app = load_function("events")
         self._handler: Callable[[dict[str, Any], Any], Any] = app.lambda_handler
-        self._events = {size: events_batch(size) for size in sizes}
+        self._events: dict[int, dict[str, Any]] = {}
         # Warm container: settings, the secret and the HTTP connection pool exist before any timed run.
         _, _, warm = timed(partial(self._handler, events_batch(10), LambdaContext()))
         no_failures(warm, "events warm-up")
 
     def run(self, size: int) -> tuple[float, float]:
         """(wall seconds, CPU seconds) of one invocation."""
+        if size not in self._events:
+            self._events[size] = events_batch(size)
         context = LambdaContext(remaining_ms=900_000)
         wall, cpu, response = timed(partial(self._handler, self._events[size], context))
         no_failures(response, f"events batch {size}")
         return wall, cpu
 
 
-def email_available() -> bool:
-    return EMAIL_APP.exists()
+class Floor:
+    """The work itself, per event: json.loads + validating the call's model + json.dumps.
 
+    run(n) times it over the bodies of n EventsQueue records, like a contender (wall, CPU seconds).
+    """
 
-def email_handler(fake: FakeProcess, sends: int, reps: int) -> dict[str, Run]:
-    """EmailFunction's lambda_handler over EmailQueue batches, idempotency on (moto DynamoDB) and off,
-    taking turns like the head-to-head runs."""
-    app: ModuleType = load_function("email")
-    handler: Callable[[dict[str, Any], Any], Any] = app.lambda_handler
-    modes = {"on": "false", "off": "true"}
-    samples: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
-    requests = dict.fromkeys(modes, 0)
-    offset = 0
-    for index in range(1 + reps):
-        for mode in modes if index % 2 else reversed(modes):
-            # Fresh payloads every run: a repeated key would be answered from the idempotency record.
-            event = email_batch(sends, offset)
-            offset += sends
-            fake.reset()
-            with environment({"POWERTOOLS_IDEMPOTENCY_DISABLED": modes[mode]}), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Powertools warns that disabling idempotency is for tests
-                wall, cpu, response = timed(partial(handler, event, LambdaContext(remaining_ms=900_000)))
-            no_failures(response, f"email idempotency {mode}")
-            seen = check_delivered(fake, RELAY_AGENT, sends, f"email idempotency {mode}")
-            requests[mode] += seen["requests"]
-            if index:
-                samples[mode].append((wall, cpu))
-    total = sends * (1 + reps)
-    return {
-        mode: summarise(f"email idempotency {mode}", sends, samples[mode], requests[mode] / total)
-        for mode in modes
-    }
+    def __init__(self) -> None:
+        self._adapter = TypeAdapter[Any](Call)
+        self._bodies: list[str] = []
 
-
-def cpu_floor(count: int, reps: int) -> float:
-    """Microseconds per event of json.loads + validating the call's model + json.dumps: the work itself."""
-    adapter = TypeAdapter[Any](Call)
-    bodies = [queue_body(e) for e in events(count)]
-    samples = []
-    for _ in range(1 + reps):
-        cpu0 = time.process_time()
+    def run(self, count: int) -> tuple[float, float]:
+        if len(self._bodies) < count:
+            self._bodies = [queue_body(e) for e in events(count)]
+        bodies, validate = self._bodies[:count], self._adapter.validate_python
+        cpu0, wall0 = time.process_time(), time.perf_counter()
         for body in bodies:
             data = json.loads(body)
-            adapter.validate_python(data)
+            validate(data)
             json.dumps(data)
-        samples.append(time.process_time() - cpu0)
-    return statistics.median(samples[1:]) / count * 1e6
+        return time.perf_counter() - wall0, time.process_time() - cpu0

@@ -1,70 +1,123 @@
-"""What one `make bench` run measured: plain data, shared by the measuring and the reporting modules."""
+"""What a `make bench` run measured, as plain data: runs, spreads, targets and report sections.
+
+Nothing here times anything. A measuring module (bench/<subject>.py) returns a `Section`: the tables
+it wants printed and its `Target`s; bench/report.py renders every section into one report.
+"""
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+TIMES = "\N{MULTIPLICATION SIGN}"
+DASH = "\N{EN DASH}"
+RANGE = f"median (lowest{DASH}highest)"
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Lowest, median and highest of one quantity over the runs that measured it."""
+
+    low: float
+    median: float
+    high: float
+    runs: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Spread | None:
+        found = sorted(values)
+        if not found:
+            return None
+        return cls(found[0], statistics.median(found), found[-1], len(found))
+
+    def show(self, digits: int = 2, suffix: str = "") -> str:
+        """`1.23x (1.10-1.41)` with the multiplication sign and an en dash: median (lowest-highest)."""
+        low, high = _num(self.low, digits), _num(self.high, digits)
+        return f"{_num(self.median, digits)}{suffix} ({low}{DASH}{high})"
+
+
+def _num(value: float, digits: int) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def paired(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
+    """Run-by-run ratios: run i of one contender over run i of the other (they took turns)."""
+    return [a / b for a, b in zip(numerators, denominators, strict=False) if b]
+
+
+def over(values: Sequence[float], denominator: float | None) -> list[float]:
+    """Each value over one fixed denominator (an empty list when there is none)."""
+    return [v / denominator for v in values] if denominator else []
 
 
 @dataclass(frozen=True)
 class Run:
-    """Wall and CPU seconds of one run of `events` events (see `summarise`), and what the fake saw."""
+    """`events` events per run; one (wall seconds, CPU seconds) sample per timed run, in turn order."""
 
     label: str
     events: int
-    wall: float
-    cpu: float
-    requests_per_event: float
+    samples: tuple[tuple[float, float], ...]
+    requests_per_event: float = 0.0
 
-    @property
-    def events_per_second(self) -> float:
-        return self.events / self.wall if self.wall > 0 else 0.0
+    def events_per_second(self) -> list[float]:
+        return [self.events / wall for wall, _ in self.samples if wall > 0]
 
-    @property
-    def cpu_us_per_event(self) -> float:
-        return self.cpu / self.events * 1e6 if self.events else 0.0
+    def cpu_us_per_event(self) -> list[float]:
+        return [cpu / self.events * 1e6 for _, cpu in self.samples] if self.events else []
 
-
-def summarise(
-    label: str, events_per_run: int, samples: list[tuple[float, float]], requests_per_event: float
-) -> Run:
-    """One Run from (wall, CPU) samples: the fastest wall time and the median CPU time.
-
-    On a shared machine other processes only ever slow a run down, and a handler that sleeps 25 ms on
-    Customer.io and then wants the CPU back is stretched most; the fastest run is the best estimate of
-    what the code itself costs (the reasoning of `timeit`). CPU time is far less disturbed: median.
-    """
-    return Run(
-        label=label,
-        events=events_per_run,
-        wall=min(s[0] for s in samples),
-        cpu=statistics.median(s[1] for s in samples),
-        requests_per_event=requests_per_event,
-    )
+    def walls(self) -> list[float]:
+        return [wall for wall, _ in self.samples]
 
 
 @dataclass(frozen=True)
-class ColdStart:
-    baseline_ms: float
-    handlers_ms: dict[str, float]  # function name -> median import ms
-    runs: int
+class Target:
+    """A goal and this run's measurements of it. The verdict is on the median run."""
+
+    name: str
+    goal: str
+    spread: Spread | None  # None: could not be measured in this run
+    passed: bool | None
+
+    @property
+    def verdict(self) -> str:
+        return "SKIP" if self.passed is None else "PASS" if self.passed else "FAIL"
+
+
+def at_most(name: str, values: Iterable[float], limit: float, unit: str = TIMES) -> Target:
+    spread = Spread.of(values)
+    passed = None if spread is None else spread.median <= limit + 1e-12
+    return Target(name, f"≤ {limit:g}{unit}", spread, passed)
+
+
+def at_least(name: str, values: Iterable[float], limit: float, unit: str = TIMES) -> Target:
+    spread = Spread.of(values)
+    passed = None if spread is None else spread.median >= limit - 1e-12
+    return Target(name, f"≥ {limit:g}{unit}", spread, passed)
 
 
 @dataclass
-class Results:
-    """Everything one `make bench` run measured; missing pieces stay None and show as n/a / SKIP."""
+class Section:
+    """One subject of the report: its markdown (tables, sentences), its targets and notes."""
 
-    date: str
-    machine: str
-    versions: dict[str, str]
-    latency_ms: float
-    relay: dict[int, Run] = field(default_factory=dict)
-    cdp_batch: dict[int, Run] = field(default_factory=dict)
-    customerio: Run | None = None
-    cdp_sync: Run | None = None
-    floor_us: float | None = None
-    email: dict[str, Run] | None = None
-    cold: ColdStart | None = None
-    rss: dict[str, float] | None = None
+    title: str
+    lines: list[str] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    load_average: tuple[float, float] | None = None  # 1-minute load average at the start and at the end
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric_from: int = 1) -> list[str]:
+    """A markdown table; columns from `numeric_from` on are right-aligned."""
+    align = ["---" if i < numeric_from else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def show(spread: Spread | None, digits: int = 2, suffix: str = "") -> str:
+    return "n/a" if spread is None else spread.show(digits, suffix)
+
+
+def median(values: Iterable[float]) -> float | None:
+    found = list(values)
+    return statistics.median(found) if found else None

@@ -7,18 +7,25 @@ import json
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from cio_relay.forwarding import MESSAGE_ID_NAMESPACE, derived_message_id
 from cio_relay.models.pipelines import Call
+from moto import mock_aws
 from pydantic import TypeAdapter
 
+from bench.__main__ import exit_status
+from bench.api_path import BATCH_CALLS, MinimalHandler, api_events
+from bench.big_batches import function_limits
+from bench.context import take_turns
 from bench.fake import APP_KEY, PIPELINES_KEY, SITE_ID, TRACK_KEY, BenchFake
-from bench.report import TIMES, render, targets, update_readme
-from bench.results import ColdStart, Results, Run, summarise
+from bench.figures import END, START, copy_figures
+from bench.report import DATA_FILE, REPORT_FILE, ROOT, Header, render, write
+from bench.results import DASH, TIMES, Run, Section, Spread, at_least, at_most, over, paired, table
 from bench.sdks import SDKS
 from bench.workload import events, events_batch, queue_body
 
@@ -56,46 +63,6 @@ def fake() -> Iterator[BenchFake]:
         yield server
     finally:
         server.stop()
-
-
-def run(events_per_run: int, events_per_second: float, cpu_us: float, requests_per_event: float) -> Run:
-    return Run(
-        label="x",
-        events=events_per_run,
-        wall=events_per_run / events_per_second,
-        cpu=cpu_us * events_per_run / 1e6,
-        requests_per_event=requests_per_event,
-    )
-
-
-def results(**overrides: Any) -> Results:
-    values: dict[str, Any] = {
-        "date": "2026-01-01 00:00 UTC",
-        "machine": "test box",
-        "versions": {"cio-relay": "0.1.0"},
-        "latency_ms": 25.0,
-        "relay": {
-            10: run(10, 350, 170, 0.1),
-            100: run(100, 4000, 40, 0.01),
-            1000: run(1000, 9000, 35, 0.001),
-        },
-        "cdp_batch": {
-            10: run(10, 19, 300, 0.1),
-            100: run(100, 2000, 80, 0.01),
-            1000: run(1000, 3000, 50, 0.01),
-        },
-        "customerio": run(100, 40, 1200, 1.0),
-        "cdp_sync": run(100, 36, 1300, 1.0),
-        "floor_us": 10.0,
-        "cold": ColdStart(baseline_ms=200.0, handlers_ms={"events": 240.0, "email": 250.0}, runs=5),
-        "rss": {"after_import_mb": 48.0, "peak_mb": 60.0},
-    }
-    values.update(overrides)
-    return Results(**values)
-
-
-def verdicts(r: Results) -> dict[str, str]:
-    return {t.name: t.verdict for t in targets(r)}
 
 
 def test_bench_fake_counts_requests_and_events_per_sender(fake: BenchFake) -> None:
@@ -152,99 +119,186 @@ def test_workload_is_mixed_identify_track_and_valid_for_cio_relay() -> None:
     assert {r["eventSource"] for r in batch["Records"]} == {"aws:sqs"}
 
 
-def test_run_computes_events_per_second_and_cpu_per_event() -> None:
-    # GIVEN a run of 100 events taking 0.05 s of wall time and 0.004 s of CPU
-    measured = Run(label="x", events=100, wall=0.05, cpu=0.004, requests_per_event=0.01)
+def test_run_gives_events_per_second_and_cpu_per_event_of_each_timed_run() -> None:
+    # GIVEN two runs of 100 events: 0.05 s wall and 4 ms CPU, then 0.1 s wall and 6 ms CPU
+    measured = Run("x", 100, ((0.05, 0.004), (0.1, 0.006)), requests_per_event=0.01)
 
-    # THEN
-    assert measured.events_per_second == pytest.approx(2000)
-    assert measured.cpu_us_per_event == pytest.approx(40)
-
-
-def test_report_passes_every_target_when_numbers_meet_them() -> None:
-    # GIVEN numbers that meet every target
-    r = results()
-
-    # WHEN the targets are evaluated
-    found = verdicts(r)
-
-    # THEN all pass, and the ratios are cio-relay over the other contender
-    assert set(found.values()) == {"PASS"}
-    by_name = {t.name: t.measured for t in targets(r)}
-    assert by_name["events/s ÷ CDP batching events/s, batch 100"] == pytest.approx(2.0)
-    assert by_name["events/s ÷ CDP batching events/s, batch 1000"] == pytest.approx(3.0)
-    assert by_name["events/s ÷ `customerio` loop events/s, batch 100"] == pytest.approx(100.0)
-    assert by_name["handler CPU/event ÷ CDP batching CPU/event, batch 100"] == pytest.approx(0.5)
-    assert by_name["cold import of functions/events/app.py ÷ boto3 + 3 clients"] == pytest.approx(1.2)
+    # THEN each run gives its own events/s and CPU µs/event, in turn order
+    assert measured.events_per_second() == pytest.approx([2000, 1000])
+    assert measured.cpu_us_per_event() == pytest.approx([40, 60])
+    assert measured.walls() == [0.05, 0.1]
 
 
-def test_report_fails_the_targets_that_are_missed() -> None:
-    # GIVEN too many requests at 1000, a slow batch of 100, a slow cold import and a fat process
-    r = results(
-        relay={
-            10: run(10, 350, 170, 0.1),
-            100: run(100, 1900, 90, 0.01),
-            1000: run(1000, 7000, 35, 0.003),
-        },
-        cold=ColdStart(baseline_ms=200.0, handlers_ms={"events": 270.0, "email": 250.0}, runs=5),
-        rss={"after_import_mb": 90.0, "peak_mb": 101.0},
+def test_spread_shows_the_median_then_the_lowest_and_highest_run() -> None:
+    # GIVEN five run-by-run ratios, one of them from a noisy run
+    spread = Spread.of([1.1, 0.9, 1.0, 3.0, 1.05])
+
+    # THEN the median is the verdict's value and the noisy run shows as the high end
+    assert spread == Spread(low=0.9, median=1.05, high=3.0, runs=5)
+    assert spread.show(2, TIMES) == f"1.05{TIMES} (0.90{DASH}3.00)"
+    assert Spread.of([]) is None
+
+
+def test_paired_ratios_are_run_by_run() -> None:
+    # GIVEN two contenders that took turns three times
+    # THEN the ratio of run i is contender A's run i over contender B's run i
+    assert paired([10.0, 12.0, 9.0], [5.0, 4.0, 9.0]) == pytest.approx([2.0, 3.0, 1.0])
+    assert over([3.0, 6.0], 3.0) == pytest.approx([1.0, 2.0])
+    assert over([3.0], None) == []
+
+
+def test_targets_are_judged_on_the_median_run() -> None:
+    # GIVEN ratios whose median meets the goal though one run does not, and the reverse
+    passing = at_most("cold import", [1.0, 1.1, 1.4], 1.15)
+    failing = at_least("speed-up", [1.2, 1.4, 2.0], 1.5)
+
+    # THEN the verdict follows the median, and nothing measured is a SKIP, never a PASS
+    assert (passing.verdict, failing.verdict) == ("PASS", "FAIL")
+    assert passing.goal == f"≤ 1.15{TIMES}"
+    assert failing.goal == f"≥ 1.5{TIMES}"
+    assert at_most("not measured", [], 1.0).verdict == "SKIP"
+
+
+def sections() -> list[Section]:
+    api = Section(
+        "API path",
+        lines=table(["request", "CPU"], [["POST /v1/identify", "100"]]),
+        targets=[at_most("API identify ÷ minimal", [1.2, 1.3, 1.25], 1.5)],
     )
-
-    # WHEN the targets are evaluated
-    found = verdicts(r)
-
-    # THEN exactly those fail
-    assert {name for name, verdict in found.items() if verdict == "FAIL"} == {
-        "Customer.io requests per event, SQS batch 1000",
-        "handler CPU/event ÷ CDP batching CPU/event, batch 100",
-        "events/s ÷ CDP batching events/s, batch 100",
-        "events/s ÷ `customerio` loop events/s, batch 100",
-        "cold import of functions/events/app.py ÷ boto3 + 3 clients",
-        "peak RSS handling a 100-record batch (MB)",
-    }
-    assert "| peak RSS handling a 100-record batch (MB) | ≤ 100 | 101.000 | **FAIL** |" in render(r)
+    cold = Section(
+        "Cold start",
+        targets=[at_most("cold import ÷ boto3", [1.2, 1.25, 1.3], 1.15), at_most("authorizer", [], 1.05)],
+        notes=["slowest imports: pydantic 40 ms"],
+    )
+    return [api, cold]
 
 
-def test_report_skips_what_was_not_measured() -> None:
-    # GIVEN a run where the SDKs could not be installed and nothing else ran
-    r = Results(date="d", machine="m", versions={}, latency_ms=25.0, notes=["customerio SDK not measured"])
-
-    # WHEN it is evaluated and rendered
-    found = verdicts(r)
-    text = render(r)
-
-    # THEN every target is SKIP (never PASS), and the note is printed
-    assert set(found.values()) == {"SKIP"}
-    assert "n/a" in text
-    assert "- customerio SDK not measured" in text
+HEADER = Header(
+    date="2026-01-01 00:00 UTC",
+    machine="test box",
+    versions={"cio-relay": "0.1.0"},
+    latency_ms=25.0,
+    load_average=(1.5, 2.0),
+    seconds=42.0,
+)
 
 
-def test_report_table_shows_machine_versions_and_ratios() -> None:
-    # GIVEN a full set of numbers
-    text = render(results())
+def test_report_shows_each_section_and_every_target_with_its_spread_and_verdict() -> None:
+    # WHEN two sections are rendered
+    text = render(HEADER, sections())
 
-    # THEN the table names the machine and versions and shows each ratio row per batch size
-    assert "Machine: test box. Versions: cio-relay 0.1.0." in text
-    assert f"| events/s ÷ CDP batching | 18.42{TIMES} | 2.00{TIMES} | 3.00{TIMES} |" in text
-    assert f"| CPU/event ÷ floor of the work | 17.00{TIMES} | 4.00{TIMES} | 3.50{TIMES} |" in text
-    assert "| **cio-relay** EventsFunction, SQS batch 100 | 100 | 4,000 | 0.010 | 40.0 |" in text
+    # THEN the machine, each section's table, the targets with median (lowest-highest) and notes appear
+    assert "Machine: test box, 1-minute load average 1.5 at the start and 2.0 at the end." in text
+    assert "#### API path" in text
+    assert "| POST /v1/identify | 100 |" in text
+    assert f"| API identify ÷ minimal | ≤ 1.5{TIMES} | 1.250 (1.200{DASH}1.300) | 3 | **PASS** |" in text
+    assert f"| cold import ÷ boto3 | ≤ 1.15{TIMES} | 1.250 (1.200{DASH}1.300) | 3 | **FAIL** |" in text
+    assert f"| authorizer | ≤ 1.05{TIMES} | n/a | 0 | **SKIP** |" in text
+    assert "- slowest imports: pydantic 40 ms" in text
 
 
-def test_update_readme_replaces_only_between_the_markers(tmp_path: Path) -> None:
-    # GIVEN a README with the bench markers, and one without
-    marked = tmp_path / "README.md"
-    marked.write_text("intro\n<!-- bench:start -->\nold table\n<!-- bench:end -->\noutro\n")
-    plain = tmp_path / "PLAIN.md"
+def test_report_is_written_to_the_results_folder_and_ignored_by_git(tmp_path: Path) -> None:
+    # WHEN a run's report is written
+    report = write(HEADER, sections(), tmp_path / "results")
+
+    # THEN the markdown and the JSON are there, and git ignores the real results folder
+    assert (tmp_path / "results" / "bench.md").read_text() == report
+    data = json.loads((tmp_path / "results" / "bench.json").read_text())
+    assert data["targets"][1]["verdict"] == "FAIL"
+    assert data["targets"][1]["spread"] == {"low": 1.2, "median": 1.25, "high": 1.3, "runs": 3}
+    assert REPORT_FILE.parent == DATA_FILE.parent == ROOT / "bench" / "results"
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert "bench/results/" in ignored, "make bench writes bench/results/: git must ignore it"
+
+
+def test_strict_exits_1_only_when_a_target_failed() -> None:
+    # GIVEN one run with a failed target and one where targets passed or could not be measured
+    missed = sections()
+    fine = [Section("x", targets=[at_most("a", [1.0], 1.5), at_most("b", [], 1.0)])]
+
+    # THEN --strict turns only the failure into exit status 1; without it the bench reports and exits 0
+    assert exit_status(missed, strict=True) == 1
+    assert exit_status(fine, strict=True) == 0
+    assert exit_status(missed, strict=False) == 0
+
+
+def test_take_turns_alternates_who_goes_first_and_drops_the_warm_up() -> None:
+    # GIVEN two contenders that record when they ran
+    calls: list[str] = []
+
+    def contender(name: str) -> Callable[[], str]:
+        def run() -> str:
+            calls.append(name)
+            return f"{name}{len(calls)}"
+
+        return run
+
+    # WHEN they take turns: 1 warm-up round + 3 timed rounds
+    found = take_turns([contender("a"), contender("b")], reps=3)
+
+    # THEN the order alternates round by round and only the timed rounds are returned, in order
+    assert calls == ["b", "a", "a", "b", "b", "a", "a", "b"]
+    assert found == [["a3", "a6", "a7"], ["b4", "b5", "b8"]]
+
+
+def test_figures_replace_only_what_stands_between_the_bench_markers(tmp_path: Path) -> None:
+    # GIVEN a bench report and a docs page with the markers, and one without
+    report = tmp_path / "bench.md"
+    report.write_text("### new figures\n")
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"intro\n{START}\nold figures\n{END}\noutro\n")
+    plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
 
-    # WHEN the report is written into both
-    changed = update_readme("new table\n", marked)
-    unchanged = update_readme("new table\n", plain)
+    # WHEN the figures are copied into both
+    copy_figures(report, doc)
+    with pytest.raises(SystemExit, match="markers"):
+        copy_figures(report, plain)
 
-    # THEN only the marked README changed, and only between its markers
-    assert (changed, unchanged) == (True, False)
-    assert marked.read_text() == "intro\n<!-- bench:start -->\nnew table\n<!-- bench:end -->\noutro\n"
+    # THEN only the marked page changed, and only between its markers
+    assert doc.read_text() == f"intro\n{START}\n### new figures\n{END}\noutro\n"
     assert plain.read_text() == "no markers\n"
+
+
+def test_figures_refuse_when_bench_has_not_run(tmp_path: Path) -> None:
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"{START}\n{END}\n")
+    with pytest.raises(SystemExit, match="make bench"):
+        copy_figures(ROOT / "bench" / "results" / "missing.md", doc)
+    assert doc.read_text() == f"{START}\n{END}\n"
+
+
+def test_function_limits_are_read_from_the_template() -> None:
+    # THEN the big-batch proof uses EventsFunction's deployed timeout and memory
+    timeout, memory = function_limits()
+    template = (ROOT / "template.yaml").read_text()
+    assert f"Timeout: {timeout:g}" in template
+    assert f"MemorySize: {memory:g}" in template
+
+
+def test_minimal_api_handler_queues_one_message_per_call() -> None:
+    # GIVEN the bench's hand-written API handler against an SQS queue (moto)
+    with mock_aws():
+        url = boto3.client("sqs").create_queue(QueueName="events")["QueueUrl"]
+        handler = MinimalHandler(url)
+        identify, batch = api_events("identify", 1)[0], api_events("batch", 1)[0]
+
+        # WHEN it answers an identify and a batch of ten calls
+        answers = [handler(identify, None), handler(batch, None)]
+
+        # THEN both are 200 and eleven calls are on the queue, each as Customer.io's JSON
+        assert [a["statusCode"] for a in answers] == [200, 200]
+        sqs = boto3.client("sqs")
+        bodies = []
+        while received := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
+            bodies += [json.loads(m["Body"]) for m in received]
+            sqs.delete_message_batch(
+                QueueUrl=url,
+                Entries=[{"Id": m["MessageId"], "ReceiptHandle": m["ReceiptHandle"]} for m in received],
+            )
+    assert len(bodies) == 1 + BATCH_CALLS
+    assert bodies[0]["type"] == "identify"
+    assert bodies[0]["userId"] == json.loads(identify["body"])["userId"]
 
 
 @pytest.mark.parametrize("name", sorted(SDKS))
@@ -261,18 +315,6 @@ def test_sdk_requirements_are_fully_pinned(name: str) -> None:
     assert all("==" in line for line in lines)
     sdk = {"customerio": "customerio==3.2.0", "cdp": "customerio-cdp-analytics==1.1.0"}[name]
     assert sdk in lines
-
-
-def test_summarise_takes_the_fastest_wall_time_and_the_median_cpu_time() -> None:
-    # GIVEN three runs, one slowed down by another process
-    samples = [(0.030, 0.004), (0.045, 0.006), (0.031, 0.005)]
-
-    # WHEN they are summarised
-    measured = summarise("x", 100, samples, 0.01)
-
-    # THEN the fastest run gives events/s and the median gives CPU per event
-    assert measured.wall == pytest.approx(0.030)
-    assert measured.cpu_us_per_event == pytest.approx(50)
 
 
 @pytest.mark.parametrize("sqs_message_id", ["059f36b4-87a3-44ab-83d2-661975830a7d", "id", "ü-ñ", ""])
