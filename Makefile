@@ -9,11 +9,13 @@ LAYER := layers/cio_relay
 export PYTHONPATH := $(LAYER):$(CURDIR)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help venv lint format test unit run bench build security openapi clean
+.PHONY: help venv lint format test unit soak figures run bench build security openapi clean
 
 help:
 	@echo "make run       local stack: API on 127.0.0.1:3000, SQS pollers, Customer.io sandbox"
-	@echo "make test      venv + lint + the whole test suite (the CI gate)"
+	@echo "make test      venv + lint + the whole test suite (the CI gate), a small soak included"
+	@echo "make soak      the full soak (5,250 messages under faults); figures to .cache/figures/"
+	@echo "make figures   copy the measured figures into docs/ (the only verb that edits docs)"
 	@echo "make lint      ruff + mypy"
 	@echo "make bench     benchmarks as ratios (report in bench/results/; ARGS=--strict, --quick, --only)"
 	@echo "make build     sam build (python3.13) + native-extension architecture check"
@@ -54,9 +56,20 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Test processes in parallel (pytest-xdist): most of the suite waits on sockets and retries.
+TEST_WORKERS ?= auto
+
 test: lint
 	@# pytest exits 5 when it collected nothing: that is a failure, not a pass.
-	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo 'make test: pytest collected no tests' >&2; exit 1; fi; exit $$rc
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal; rc=$$?; if [ $$rc -eq 5 ]; then echo 'make test: pytest collected no tests' >&2; exit 1; fi; exit $$rc
+
+# The full soak: it waits on progress (it fails when nothing settles for a minute), not on a timer.
+soak: $(STAMP)
+	$(BIN)/pytest tests/reliability/test_soak.py -m soak --timeout=0
+
+# Figures measured by make test / make soak (in .cache/figures/, ignored) into the docs, on purpose.
+figures: $(STAMP)
+	$(PY) -m tests.reliability.figures
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

@@ -6,7 +6,9 @@ import base64
 import importlib.util
 import json
 import sys
+import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -130,3 +132,41 @@ def sqs_event(bodies: list[str], *, queue_arn: str, receive_count: int = 1) -> d
         for i, body in enumerate(bodies)
     ]
     return sqs_records_from(messages, queue_arn)
+
+
+# ---- waiting on progress, not on the clock ------------------------------------------------------
+
+STALL_SECONDS = 60.0  # no change at all in what is pending for this long means stuck, however busy
+
+
+def wait_for_progress(
+    pending: Callable[[], Mapping[str, Any]],
+    *,
+    what: str,
+    stall_seconds: float = STALL_SECONDS,
+    interval: float = 0.25,
+    detail: Callable[[], str] | None = None,
+) -> None:
+    """Wait until `pending()` is empty (every value falsy); fail when it stops changing.
+
+    A busy machine makes everything slower but still moves: the wait lasts as long as the pending
+    state keeps changing, and fails only after `stall_seconds` without any change, with a message
+    naming what was still pending (and `detail()`, e.g. a log tail).
+    """
+    last: str | None = None
+    changed = time.monotonic()
+    while True:
+        state = {name: value for name, value in pending().items() if value}
+        if not state:
+            return
+        snapshot = repr(sorted(state.items()))
+        now = time.monotonic()
+        if snapshot != last:
+            last, changed = snapshot, now
+        elif now - changed >= stall_seconds:
+            lines = "\n".join(f"  {name}: {value}" for name, value in sorted(state.items()))
+            extra = f"\n{detail()}" if detail else ""
+            raise AssertionError(
+                f"{what}: no progress for {stall_seconds:g} s; still pending:\n{lines}{extra}"
+            )
+        time.sleep(interval)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +21,9 @@ import urllib3
 
 from local_stack import LocalStack, Options
 from local_stack.template import Template, TemplateError
-from tests.support import REGION, ROOT
+from tests.support import REGION, ROOT, wait_for_progress
 
 START_TIMEOUT = 60
-CHAOS_BUDGET_SECONDS = 60
 
 
 @dataclass
@@ -107,13 +106,6 @@ def local_stack(tmp_path: Path, *args: str) -> Iterator[RunningStack]:
         if process.poll() is None:
             process.kill()
             process.wait()
-
-
-def eventually(check: Callable[[], bool], timeout: float, message: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, message()
-        time.sleep(0.25)
 
 
 def delivered_calls(state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -201,10 +193,14 @@ def test_every_operation_goes_through_the_local_stack(tmp_path: Path) -> None:
         assert invalid.json()["code"] == "validation_error"
 
         # THEN every queued call reaches the sandbox through the EventsQueue poller, in strict mode
-        eventually(
-            lambda: call_ids <= {c.get("messageId") for c in delivered_calls(stack.state())},
-            20,
-            lambda: f"not delivered; stack output:\n{stack.output()}",
+        wait_for_progress(
+            lambda: {
+                "calls not delivered": sorted(
+                    call_ids - {c.get("messageId") for c in delivered_calls(stack.state())}
+                )
+            },
+            what="delivery through the EventsQueue poller",
+            detail=lambda: f"stack output:\n{stack.output()[-6000:]}",
         )
         state = stack.state()
         by_id = {c["messageId"]: c for c in delivered_calls(state)}
@@ -279,18 +275,30 @@ def test_chaos_every_message_arrives_or_waits_in_a_dead_letter_queue_with_its_re
         sqs.send_message(QueueUrl=stack.queue_url("EventsQueue"), MessageBody=json.dumps({"type": "track"}))
         sqs.send_message(QueueUrl=stack.queue_url("EmailQueue"), MessageBody=json.dumps({"identifiers": {}}))
 
-        # THEN, within the budget, every call is delivered or dead-lettered with a reason
-        def settled() -> bool:
+        # THEN every call is delivered or dead-lettered with a reason
+        def unsettled() -> dict[str, object]:
             state = stack.state()
             delivered = {c.get("messageId") for c in delivered_calls(state)}
             parked = " ".join(d["body"] for d in state["dead_letters"])
             sent = {e["json"]["to"] for e in state["emails"]}
-            calls_done = all(i in delivered or i in parked for i in call_ids)
-            emails_done = all(to in sent or to in parked for to in recipients)
-            queues_empty = all(q["visible"] + q["in_flight"] == 0 for q in state["queues"] if q["redrive"])
-            return calls_done and emails_done and len(state["dead_letters"]) >= 2 and queues_empty
+            return {
+                "calls neither delivered nor dead-lettered": [
+                    i for i in sorted(call_ids) if i not in delivered and i not in parked
+                ],
+                "emails neither sent nor dead-lettered": [
+                    to for to in recipients if to not in sent and to not in parked
+                ],
+                "dead letters missing (at least 2 expected)": max(0, 2 - len(state["dead_letters"])),
+                "queues not empty": [
+                    (q["logical_id"], q["visible"], q["in_flight"])
+                    for q in state["queues"]
+                    if q["redrive"] and q["visible"] + q["in_flight"]
+                ],
+            }
 
-        eventually(settled, CHAOS_BUDGET_SECONDS, lambda: f"not settled:\n{stack.output()[-6000:]}")
+        wait_for_progress(
+            unsettled, what="chaos run", detail=lambda: f"stack output:\n{stack.output()[-6000:]}"
+        )
         state = stack.state()
         assert sum(state["customerio"]["faults_injected"].values()) > 0
         for dead in state["dead_letters"]:

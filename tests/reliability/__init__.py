@@ -1,12 +1,15 @@
-"""Reliability suite helpers: hypothesis strategies for hostile input, and the FIGURES.md writer.
+"""Reliability suite helpers: hypothesis strategies for hostile input, and the figures writer.
 
-The soak and fuzz tests write what they measured to tests/reliability/FIGURES.md (README
-"Reliability" quotes it). Each test owns one section; a run replaces the sections it produced and
-keeps the others, so running one test alone never erases another test's figures.
+The soak, outage and fuzz tests write what they measured to .cache/figures/reliability.md, an
+ignored file: `make test` and `make soak` leave the clone clean. `make figures` copies those figures
+into docs/reliability.md on purpose (tests/reliability/figures.py). Each test owns one section; a run
+replaces the sections it produced and keeps the others, so running one test alone never erases
+another test's figures.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import threading
@@ -16,25 +19,34 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-FIGURES = Path(__file__).with_name("FIGURES.md")
+ROOT = Path(__file__).resolve().parent.parent.parent
+FIGURES = ROOT / ".cache" / "figures" / "reliability.md"
 _FIGURES_LOCK = threading.Lock()
 _SECTION = re.compile(r"^## (?P<name>.+?)\n(?P<body>.*?)(?=^## |\Z)", re.S | re.M)
 _HEADER = (
     "# Reliability figures\n\n"
-    "Written by the tests in tests/reliability/ (each run replaces the sections it measured).\n"
-    'README "Reliability" quotes these numbers.\n\n'
+    "Written by the tests in tests/reliability/ (each run replaces the sections it measured);\n"
+    "`make figures` copies them into docs/reliability.md.\n\n"
 )
 
 
-def write_figures(section: str, lines: list[str]) -> None:
-    """Replace `section` of FIGURES.md with `lines` (stamped with the run's UTC time), and print it."""
+def read_figures(path: Path = FIGURES) -> dict[str, str]:
+    """Section name -> its body (stamp and lines) from a figures file; {} when there is none."""
+    text = path.read_text() if path.exists() else ""
+    return {m["name"]: m["body"] for m in _SECTION.finditer(text)}
+
+
+def write_figures(section: str, lines: list[str], path: Path = FIGURES) -> None:
+    """Replace `section` of the figures file with `lines` (stamped with the run's UTC time), and print it."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = "\n".join([f"_run {stamp}_", "", *lines]) + "\n\n"
-    with _FIGURES_LOCK:
-        text = FIGURES.read_text() if FIGURES.exists() else ""
-        sections = {m["name"]: m["body"] for m in _SECTION.finditer(text)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Test workers (pytest-xdist) are processes: a file lock, as well as the lock for threads.
+    with _FIGURES_LOCK, path.with_suffix(".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sections = read_figures(path)
         sections[section] = body
-        FIGURES.write_text(_HEADER + "".join(f"## {name}\n{sections[name]}" for name in sorted(sections)))
+        path.write_text(_HEADER + "".join(f"## {name}\n{sections[name]}" for name in sorted(sections)))
     print(f"\n## {section}\n{body}")
 
 

@@ -22,6 +22,7 @@ from hypothesis import Phase, settings
 from local_stack import LocalStack, Options
 from local_stack.customerio import FakeCustomerIO
 from local_stack.runtime import Invocation, Runtime
+from tests.support import wait_for_progress
 
 # `pytest --hypothesis-profile=fuzz-debug`: report the first failing example as found (no shrinking).
 settings.register_profile("fuzz-debug", phases=[Phase.explicit, Phase.reuse, Phase.generate], print_blob=True)
@@ -197,9 +198,13 @@ class Running:
 
     def wait_for_room(self, logical_id: str, limit: int) -> None:
         """Flow control: moto's SQS scans every message of a queue on each call, so a deep backlog
-        makes each call slower; producers wait while the queue holds `limit` messages or more."""
-        while self.backlog(logical_id) >= limit:
-            time.sleep(BACKLOG_REFRESH_SECONDS)
+        makes each call slower; producers wait while the queue holds `limit` messages or more, as
+        long as the pollers keep draining it."""
+        wait_for_progress(
+            lambda: {f"{logical_id} backlog over {limit - 1}": max(0, self.backlog(logical_id) - limit + 1)},
+            what=f"a producer waiting for room on {logical_id}",
+            interval=BACKLOG_REFRESH_SECONDS,
+        )
 
     def dead_letters(self, logical_id: str) -> list[dict[str, Any]]:
         """Every message on a dead-letter queue as {"body", "attributes"} (received, then left to expire)."""
@@ -214,15 +219,6 @@ class Running:
                 }
                 found[message["MessageId"]] = {"body": message["Body"], "attributes": attributes}
         return list(found.values())
-
-
-def wait_until(check: Callable[[], bool], *, timeout: float, interval: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 @contextmanager

@@ -17,17 +17,15 @@ import pytest
 
 from local_stack.template import Template
 from tests.reliability import write_figures
-from tests.reliability.conftest import Running, wait_until
-from tests.support import ROOT
+from tests.reliability.conftest import Running
+from tests.support import ROOT, wait_for_progress
 
 pytestmark = pytest.mark.slow
 
 # Down until every message has been retried a few times: at least this long, and until some record
 # has been received OUTAGE_RECEIVES times (well under the template's maxReceiveCount).
 OUTAGE_MIN_SECONDS = 4
-OUTAGE_MAX_SECONDS = 40
 OUTAGE_RECEIVES = 3
-RECOVERY_DEADLINE_SECONDS = 60
 QUEUE_EVENTS, API_EVENTS, QUEUE_EMAILS, API_EMAILS = 200, 50, 30, 10
 RETRY_CAP_SECONDS = "3"  # spreads the retries of a long outage a little more than the soak's 2 s
 
@@ -72,12 +70,6 @@ def enqueue_everything(running: Running) -> tuple[set[str], set[str]]:
     return events, emails
 
 
-def all_delivered(running: Running, events: set[str], emails: set[str]) -> bool:
-    got_events = {(c.get("context") or {}).get("soak") for c in running.fake.pipelines_calls()}
-    got_emails = {(e["json"].get("message_data") or {}).get("soak") for e in running.fake.emails}
-    return events <= got_events and emails <= got_emails
-
-
 def test_customerio_outage_then_recovery(start_stack: Callable[..., AbstractContextManager[Running]]) -> None:
     max_receive_count = template_max_receive_count()
     with start_stack(
@@ -90,13 +82,15 @@ def test_customerio_outage_then_recovery(start_stack: Callable[..., AbstractCont
         # WHEN events and emails arrive, and the pollers work through the outage
         events, emails = enqueue_everything(running)
         time.sleep(max(0.0, OUTAGE_MIN_SECONDS - (time.monotonic() - down)))
-        assert wait_until(
-            lambda: (
-                max((r.max_receive for r in running.invocations.snapshot()), default=0) >= OUTAGE_RECEIVES
-            ),
-            timeout=OUTAGE_MAX_SECONDS,
-            interval=0.1,
-        ), "the pollers did not retry during the outage"
+
+        def retrying() -> dict[str, object]:
+            runs = running.invocations.snapshot()
+            highest = max((r.max_receive for r in runs), default=0)
+            if highest >= OUTAGE_RECEIVES:
+                return {}
+            return {f"receive count {highest} of {OUTAGE_RECEIVES} after invocations": len(runs)}
+
+        wait_for_progress(retrying, what="retries during the outage", interval=0.1)
         during = [r for r in running.invocations.snapshot() if r.started >= down]
         accepted_while_down = running.fake.pipelines_calls() or running.fake.emails
         dead_while_down = sum(
@@ -106,14 +100,20 @@ def test_customerio_outage_then_recovery(start_stack: Callable[..., AbstractCont
         # ... and then Customer.io comes back
         running.fake.outage(False)
         up = time.monotonic()
-        recovered = wait_until(
-            lambda: (
-                all_delivered(running, events, emails)
-                and running.depth("EventsQueue") == (0, 0)
-                and running.depth("EmailQueue") == (0, 0)
-            ),
-            timeout=RECOVERY_DEADLINE_SECONDS,
-        )
+
+        def undelivered() -> dict[str, object]:
+            got_events = {(c.get("context") or {}).get("soak") for c in running.fake.pipelines_calls()}
+            got_emails = {(e["json"].get("message_data") or {}).get("soak") for e in running.fake.emails}
+            state: dict[str, object] = {
+                "events not delivered": len(events - got_events),
+                "emails not sent": len(emails - got_emails),
+            }
+            for queue in ("EventsQueue", "EmailQueue"):
+                depth = running.depth(queue)
+                state[f"{queue} (visible, in flight)"] = depth if any(depth) else None
+            return state
+
+        wait_for_progress(undelivered, what="delivery after the outage")
         drained = time.monotonic()
 
         runs = running.invocations.snapshot()
@@ -140,7 +140,6 @@ def test_customerio_outage_then_recovery(start_stack: Callable[..., AbstractCont
             outage_runs
         )
         # AND after recovery every message was delivered, with none dead-lettered early
-        assert recovered, "not all delivered after recovery:\n" + "\n".join(figures)
         for dlq in ("EventsDeadLetterQueue", "EmailDeadLetterQueue"):
             assert running.depth(dlq) == (0, 0)
         assert max(r.max_receive for r in runs) < max_receive_count
