@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from cio_relay.entry import route
 from cio_relay.http_api import create_resolver, error_responses
-from cio_relay.models.email import Deferred, SendEmail, SendResult, Transactional
+from cio_relay.models.email import MAX_BODY_BYTES, Deferred, SendEmail, SendResult, Transactional
 from cio_relay.models.push import SendPush
 from cio_relay.models.sms import SendSMS
 from cio_relay.observability import instrument
@@ -24,7 +24,7 @@ from cio_relay.queues import Queues
 from cio_relay.settings import get_settings
 from cio_relay.transactional import IDEMPOTENCY_HEADER, REPLAYED_HEADER, deliver, get_mailer
 
-app = create_resolver(title="cio-relay transactional messages")
+app = create_resolver(title="cio-relay transactional messages", max_inflated_bytes=MAX_BODY_BYTES)
 
 ANSWERS: dict[int, Any] = {
     200: {

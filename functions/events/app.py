@@ -9,16 +9,24 @@ from cio_relay.delivery import process_batch  # isort: split
 from typing import Annotated, Any
 from urllib.parse import unquote
 
-from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from cio_relay.batches import accept_batch
 from cio_relay.cio import get_customerio
 from cio_relay.entry import route
 from cio_relay.forwarding import get_forwarder
-from cio_relay.http_api import PASS_THROUGH_ERRORS, QUEUED_ERRORS, create_resolver
+from cio_relay.http_api import (
+    PASS_THROUGH_ERRORS,
+    PIPELINES_ERRORS,
+    PIPELINES_NO_422,
+    QUEUED_ERRORS,
+    create_resolver,
+)
 from cio_relay.models.people import SearchFilter
 from cio_relay.models.pipelines import (
     Alias,
-    Batch,
+    BatchQueued,
+    BatchRequest,
     Group,
     Identify,
     Page,
@@ -37,6 +45,14 @@ QUEUED: dict[int, Any] = {
     200: {"description": "queued on EventsQueue", "content": {"application/json": {"model": Queued}}},
     **QUEUED_ERRORS,
 }
+PIPELINES: dict[int, Any] = {**QUEUED, **PIPELINES_ERRORS, 422: PIPELINES_NO_422}
+BATCH: dict[int, Any] = {
+    **PIPELINES,
+    200: {
+        "description": "the valid calls queued on EventsQueue; `refused` lists the others",
+        "content": {"application/json": {"model": BatchQueued}},
+    },
+}
 PASSED_THROUGH: dict[int, Any] = {
     200: {
         "description": "Customer.io's answer, as it sent it",
@@ -46,39 +62,45 @@ PASSED_THROUGH: dict[int, Any] = {
 }
 
 
-@app.post("/v1/identify", responses=QUEUED)
+@app.post("/v1/identify", responses=PIPELINES)
 def identify(call: Annotated[Identify, Body()]) -> Queued:
     return get_forwarder().accept([call.wire()])
 
 
-@app.post("/v1/track", responses=QUEUED)
+@app.post("/v1/track", responses=PIPELINES)
 def track(call: Annotated[Track, Body()]) -> Queued:
     return get_forwarder().accept([call.wire()])
 
 
-@app.post("/v1/page", responses=QUEUED)
+@app.post("/v1/page", responses=PIPELINES)
 def page(call: Annotated[Page, Body()]) -> Queued:
     return get_forwarder().accept([call.wire()])
 
 
-@app.post("/v1/screen", responses=QUEUED)
+@app.post("/v1/screen", responses=PIPELINES)
 def screen(call: Annotated[Screen, Body()]) -> Queued:
     return get_forwarder().accept([call.wire()])
 
 
-@app.post("/v1/group", responses=QUEUED)
+@app.post("/v1/group", responses=PIPELINES)
 def group(call: Annotated[Group, Body()]) -> Queued:
     return get_forwarder().accept([call.wire()])
 
 
-@app.post("/v1/alias", responses=QUEUED)
+@app.post("/v1/alias", responses=PIPELINES)
 def alias(call: Annotated[Alias, Body()]) -> Queued:
     return get_forwarder().accept([call.wire()])
 
 
-@app.post("/v1/batch", responses=QUEUED)
-def batch(body: Annotated[Batch, Body()]) -> Queued:
-    return get_forwarder().accept(body.calls(), batch=True)
+@app.post("/v1/batch", responses=BATCH)
+def batch(
+    body: Annotated[BatchRequest, Body()],
+    strict_mode: Annotated[str | None, Header(alias="X-Strict-Mode")] = None,
+) -> BatchQueued:
+    strict = (strict_mode or "").strip() == "1"
+    return accept_batch(
+        body, strict=strict, forwarder=get_forwarder(), policy=get_settings().event_name_policy
+    )
 
 
 @app.delete("/v1/customers/<id>", responses=QUEUED)

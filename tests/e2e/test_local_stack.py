@@ -189,7 +189,7 @@ def test_every_operation_goes_through_the_local_stack(tmp_path: Path) -> None:
         assert wrong_key.json()["code"] == "INVALID_API_KEY"
         assert no_route.status == 404
         assert "GET /v1/nothing-here" in no_route.json()["message"]
-        assert invalid.status == 422
+        assert invalid.status == 400
         assert invalid.json()["code"] == "validation_error"
 
         # THEN every queued call reaches the sandbox through the EventsQueue poller, in strict mode

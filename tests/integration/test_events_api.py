@@ -329,43 +329,43 @@ BAD_INPUT = [
         id="form-encoded",
     ),
     pytest.param(
-        api_event("POST", "/v1/identify", {"traits": {}}), 422, "validation_error", "userId", id="no-id"
+        api_event("POST", "/v1/identify", {"traits": {}}), 400, "validation_error", "userId", id="no-id"
     ),
-    pytest.param(api_event("POST", "/v1/identify"), 422, "validation_error", "body", id="no-body"),
-    pytest.param(api_event("POST", "/v1/identify", [1, 2]), 422, "validation_error", "body", id="array"),
+    pytest.param(api_event("POST", "/v1/identify"), 400, "validation_error", "body", id="no-body"),
+    pytest.param(api_event("POST", "/v1/identify", [1, 2]), 400, "validation_error", "body", id="array"),
     pytest.param(
-        api_event("POST", "/v1/track", {"userId": "u1"}), 422, "validation_error", "event", id="no-event"
+        api_event("POST", "/v1/track", {"userId": "u1"}), 400, "validation_error", "event", id="no-event"
     ),
     pytest.param(
         api_event("POST", "/v1/alias", {"userId": "u1"}),
-        422,
+        400,
         "validation_error",
         "previousId",
         id="alias-no-prev",
     ),
     pytest.param(
-        api_event("POST", "/v1/group", {"userId": "u1"}), 422, "validation_error", "groupId", id="no-group"
+        api_event("POST", "/v1/group", {"userId": "u1"}), 400, "validation_error", "groupId", id="no-group"
     ),
     pytest.param(
         api_event(
             "POST",
             "/v1/batch",
-            {"batch": [{"type": "identify", "userId": "u"}, {"type": "track", "userId": "u"}]},
+            {"batch": [{"type": "identify"}, {"type": "track", "userId": "u"}]},
         ),
-        422,
+        400,
         "validation_error",
-        "batch.1.event",
-        id="batch-item",
+        "batch.0.userId",
+        id="batch-every-item",
     ),
     pytest.param(
         api_event("POST", "/v1/batch", {"batch": [{"type": "purchase", "userId": "u"}]}),
-        422,
+        400,
         "validation_error",
-        "batch.0",
+        "batch.0.type",
         id="batch-type",
     ),
     pytest.param(
-        api_event("POST", "/v1/batch", {"batch": []}), 422, "validation_error", "batch", id="batch-empty"
+        api_event("POST", "/v1/batch", {"batch": []}), 400, "validation_error", "batch", id="batch-empty"
     ),
     pytest.param(
         api_event("POST", "/v1/customers", {"filter": {}}, query={"limit": "5000"}),
@@ -504,7 +504,7 @@ def test_event_name_policy_reject_refuses_non_snake_case(
     # GIVEN EVENT_NAME_POLICY=reject
     configure(monkeypatch, EVENT_NAME_POLICY="reject")
 
-    # WHEN a Title Case event, a batch holding one, and a semantic event are posted
+    # WHEN a Title Case event, a strict-mode batch holding one, and a semantic event are posted
     single = call_api(
         api_event("POST", "/v1/track", {"userId": "u1", "event": "Order Completed"}), lambda_context
     )
@@ -518,6 +518,7 @@ def test_event_name_policy_reject_refuses_non_snake_case(
                     {"type": "track", "userId": "u1", "event": "Bad"},
                 ]
             },
+            headers={"X-Strict-Mode": "1"},
         ),
         lambda_context,
     )

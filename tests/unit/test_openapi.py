@@ -10,8 +10,8 @@ import pytest
 from tests.support import load_function
 
 ERROR_STATUSES = {
-    ("events", "post", "/v1/identify"): {"413", "415", "422", "503"},
-    ("events", "post", "/v1/batch"): {"413", "415", "422", "503"},
+    ("events", "post", "/v1/identify"): {"400", "413", "415", "503"},
+    ("events", "post", "/v1/batch"): {"400", "413", "415", "503"},
     ("events", "delete", "/v1/customers/{id}"): {"413", "415", "422", "503"},
     ("events", "post", "/v1/customers"): {"400", "415", "422", "429", "502", "503", "504"},
     ("events", "get", "/v1/segments"): {"429", "502", "503", "504"},

@@ -166,3 +166,17 @@ class StoreUnavailable(CioRelayError):
 
     code = "idempotency_store_unavailable"
     classification = Classification.RETRYABLE
+
+
+class CallsRefused(InvalidRequest):
+    """Calls of a /v1/batch failed validation and nothing was queued; `errors` lists each one."""
+
+    code = "validation_error"
+
+    def __init__(
+        self, message: str, *, field: str | None, errors: list[dict[str, str | int]], too_large: bool = False
+    ) -> None:
+        super().__init__(message, field=field)
+        self.errors = errors
+        if too_large:  # every refused call was over a size limit
+            self.code, self.status = PayloadTooLarge.code, PayloadTooLarge.status

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
+import zlib
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -14,16 +17,19 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
     RequestValidationError,
 )
+from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
 from cio_relay import __version__
 from cio_relay.errors import (
     AuthRejected,
+    CallsRefused,
     CioRelayError,
     ConfigurationError,
     CustomerIOTimeout,
     EnqueueFailed,
     InvalidRequest,
+    PayloadTooLarge,
     Permanent,
     RateLimited,
     Retryable,
@@ -34,6 +40,15 @@ from cio_relay.models import TOO_LARGE, describe
 from cio_relay.observability import count, logger
 
 NOT_JSON = {"json_invalid", "unsupported_content_type"}
+# Customer.io's strict mode and every Pipelines SDK treat 400 as final (and retry a 422, then drop
+# everything): these routes answer a validation error with 400.
+PIPELINES_ROUTES = frozenset(
+    f"/v1/{name}" for name in ("identify", "track", "page", "screen", "group", "alias", "batch")
+)
+# Largest decompressed Content-Encoding: gzip body the events routes take: Customer.io's 500 KB per
+# request, plus room for what SDKs add (sentAt, context) and for the relay's own 413 to name the field.
+MAX_INFLATED_BYTES = 1024 * 1024
+GZIP_WBITS = 16 + zlib.MAX_WBITS
 # A \uD800-\uDFFF escape: json.loads joins valid surrogate pairs, so only lone ones survive it.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
@@ -62,11 +77,12 @@ class ErrorBody(BaseModel):
     code: str
     message: str
     field: str | None = None
-    errors: list[dict[str, str]] | None = None
+    errors: list[dict[str, str | int]] | None = None
 
 
 _ERROR_DESCRIPTIONS = {
-    400: "refused: Customer.io's message, or a rule the relay enforces",
+    400: "refused: Customer.io's message, a rule the relay enforces, or (Pipelines routes) validation; "
+    "`field` names the part at fault, `errors` each call of a batch",
     403: "Customer.io refused an attachment's file type",
     409: "a send with this idempotency key is in progress",
     413: "over Customer.io's size limits",
@@ -91,6 +107,12 @@ def error_responses(*statuses: int) -> dict[int, Any]:
 
 
 QUEUED_ERRORS = error_responses(413, 415, 422, 503)
+PIPELINES_ERRORS = error_responses(400, 413, 415, 503)
+# Documented as such, so that the generated document does not offer Powertools' own 422 shape.
+PIPELINES_NO_422 = {
+    "description": "not answered: these routes answer validation errors with 400",
+    "content": {"application/json": {"model": ErrorBody}},
+}
 PASS_THROUGH_ERRORS = error_responses(400, 415, 422, 429, 502, 503, 504)
 
 
@@ -113,7 +135,9 @@ def unsupported_media_type(exc: Exception | None = None) -> Response[Any]:
     return error_response(415, "unsupported_media_type", "the request body must be a JSON object")
 
 
-def validation_error(exc: RequestValidationError, content_type: str | None = None) -> Response[Any]:
+def validation_error(
+    exc: RequestValidationError, content_type: str | None = None, status: int = 422
+) -> Response[Any]:
     errors = exc.errors()
     body_errors = any(str((e.get("loc") or ("",))[0]) == "body" for e in errors)
     # A form or multipart body (curl -d sends one by default) is parsed by Powertools, not refused.
@@ -128,7 +152,7 @@ def validation_error(exc: RequestValidationError, content_type: str | None = Non
         message = f"{where['field']}: {where['message']}"
         return error_response(413, TOO_LARGE, message, field=where["field"], errors=too_large)
     return error_response(
-        422,
+        status,
         "validation_error",
         f"{first['field']}: {first['message']}",
         field=first["field"],
@@ -138,7 +162,8 @@ def validation_error(exc: RequestValidationError, content_type: str | None = Non
 
 def invalid_request(exc: InvalidRequest) -> Response[Any]:
     count("Rejected")
-    return error_response(exc.status, exc.code, exc.message, field=exc.field)
+    errors = exc.errors if isinstance(exc, CallsRefused) else None
+    return error_response(exc.status, exc.code, exc.message, field=exc.field, errors=errors)
 
 
 def rate_limited(exc: RateLimited) -> Response[Any]:
@@ -182,8 +207,64 @@ def unexpected(exc: Exception) -> Response[Any]:
     return error_response(500, "internal_error", "internal error")
 
 
-def not_found(exc: Exception) -> Response[Any]:
-    return error_response(404, "not_found", "no such route")
+def inflate(event: Mapping[str, Any], limit: int) -> Mapping[str, Any]:
+    """The event with a `Content-Encoding: gzip` body decompressed (binary, as API Gateway passes bodies).
+
+    Raises InvalidRequest (not gzip, truncated: 400), PayloadTooLarge (over `limit` decompressed: 413,
+    found without inflating more than limit + 1 bytes) or UnsupportedEncoding (another coding: 415).
+    """
+    headers = event.get("headers") or {}
+    coding = next((str(v) for k, v in headers.items() if k.lower() == "content-encoding"), "")
+    coding = coding.strip().lower()
+    if coding in ("", "identity"):
+        return event
+    if coding not in ("gzip", "x-gzip"):
+        raise UnsupportedEncoding(f"Content-Encoding {coding[:40]} is not supported; use gzip", field="body")
+    body = event.get("body") or ""
+    data = base64.b64decode(body) if event.get("isBase64Encoded") else body.encode("utf-8", "surrogateescape")
+    out = bytearray()
+    try:
+        while True:  # RFC 1952 allows several members, one after another
+            member = zlib.decompressobj(GZIP_WBITS)
+            out += member.decompress(data, limit + 1 - len(out))
+            if len(out) > limit:
+                raise PayloadTooLarge(f"decompressed body is over {limit} bytes", field="body")
+            if not member.eof:
+                raise InvalidRequest("gzip body is truncated", field="body")
+            data = member.unused_data
+            if not data:
+                break
+    except zlib.error:
+        raise InvalidRequest("body is not valid gzip", field="body") from None
+    return {**event, "body": base64.b64encode(out).decode(), "isBase64Encoded": True}
+
+
+class UnsupportedEncoding(InvalidRequest):
+    code = "unsupported_media_type"
+    status = 415
+
+
+def proxy_result(response: Response[Any]) -> dict[str, Any]:
+    """An error Response as the Lambda proxy result API Gateway takes (for answers given before routing)."""
+    return {
+        "statusCode": response.status_code,
+        "multiValueHeaders": {"Content-Type": [content_types.APPLICATION_JSON]},
+        "body": json.dumps(response.body),
+        "isBase64Encoded": False,
+    }
+
+
+class RelayResolver(APIGatewayRestResolver):
+    """The REST resolver, taking gzip bodies: decompressed (bounded) before the route validates them."""
+
+    max_inflated_bytes = MAX_INFLATED_BYTES
+
+    def resolve(self, event: Mapping[str, Any], context: LambdaContext) -> dict[str, Any]:
+        try:
+            event = inflate(event, self.max_inflated_bytes)
+        except InvalidRequest as exc:
+            return proxy_result(invalid_request(exc))
+        return super().resolve(event, context)
 
 
 def correlate(app: APIGatewayRestResolver, next_middleware: NextMiddleware) -> Response[Any]:
@@ -192,17 +273,23 @@ def correlate(app: APIGatewayRestResolver, next_middleware: NextMiddleware) -> R
     return next_middleware(app)
 
 
-def create_resolver(*, title: str) -> APIGatewayRestResolver:
-    """A REST resolver with validation on and every error mapped to docs/design.md's JSON shape."""
-    app = APIGatewayRestResolver(
+def create_resolver(*, title: str, max_inflated_bytes: int = MAX_INFLATED_BYTES) -> RelayResolver:
+    """A REST resolver with validation on, gzip bodies taken, every error mapped to the JSON shape."""
+    app = RelayResolver(
         enable_validation=True,
         response_validation_error_http_code=HTTPStatus.INTERNAL_SERVER_ERROR,
         json_body_deserializer=parse_json,
     )
+    app.max_inflated_bytes = max_inflated_bytes
     app.use([correlate])
 
     def on_validation_error(exc: RequestValidationError) -> Response[Any]:
-        return validation_error(exc, app.current_event.headers.get("content-type"))
+        status = 400 if app.current_event.resource in PIPELINES_ROUTES else 422
+        return validation_error(exc, app.current_event.headers.get("content-type"), status)
+
+    def not_found(exc: Exception) -> Response[Any]:
+        event = app.current_event
+        return error_response(404, "not_found", f"no route {event.http_method} {event.path}")
 
     def on_value_error(exc: ValueError) -> Response[Any]:
         # Powertools raises ValueError for a malformed multipart/form-data body (no boundary,

@@ -24,6 +24,8 @@ from cio_relay.models import field_error, too_large
 MAX_RECIPIENTS = 15
 MAX_ATTACHMENTS_BYTES = 2 * 1024 * 1024  # base64 text as sent
 MAX_PAYLOAD_BYTES = 1024 * 1024  # body without attachments
+# Largest decompressed gzip request body /v1/send/email takes: attachments, the rest, and some room.
+MAX_BODY_BYTES = MAX_ATTACHMENTS_BYTES + MAX_PAYLOAD_BYTES + 64 * 1024
 MAX_SEND_AT_AHEAD_SECONDS = 90 * 24 * 3600
 
 

@@ -5,12 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from cio_relay.models import MAX_BATCH_BYTES as MAX_BATCH_BYTES  # noqa: PLC0414 - re-exported
 from cio_relay.models import MAX_CALL_BYTES as MAX_CALL_BYTES  # noqa: PLC0414 - re-exported
-from cio_relay.models import MAX_NESTING, field_error, too_deep
+from cio_relay.models import MAX_NESTING, describe, field_error, too_deep
 
 USER_DELETED = "User Deleted"
 
@@ -145,6 +154,14 @@ CALL_MODELS: dict[str, type[PipelinesCall]] = {
 }
 
 
+def shared_not_too_deep(data: Any) -> Any:
+    """A batch's own keys are not nested too deep (its calls check themselves)."""
+    for key, value in data.items() if isinstance(data, dict) else ():
+        if key != "batch" and too_deep(value, MAX_NESTING - 1):
+            raise field_error(str(key), f"JSON nested deeper than {MAX_NESTING} levels")
+    return data
+
+
 class Batch(BaseModel):
     """A /v1/batch body. `context` and `integrations` apply to every call in it."""
 
@@ -158,28 +175,76 @@ class Batch(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _not_too_deep(cls, data: Any) -> Any:
-        # The calls check themselves; the batch-level context is merged into each of them.
-        for key, value in data.items() if isinstance(data, dict) else ():
-            if key != "batch" and too_deep(value, MAX_NESTING - 1):
-                raise field_error(str(key), f"JSON nested deeper than {MAX_NESTING} levels")
-        return data
+        return shared_not_too_deep(data)
 
     def calls(self) -> list[dict[str, Any]]:
         """Each call's wire body with the batch-level context/integrations folded in (call keys win)."""
-        calls = []
-        for call in self.batch:
-            body = call.wire()
-            for shared in ("context", "integrations"):
-                outer = getattr(self, shared)
-                if outer:
-                    body[shared] = {**outer, **(body.get(shared) or {})}
-            calls.append(body)
-        return calls
+        return [fold(call.wire(), self.context, self.integrations) for call in self.batch]
+
+
+def fold(
+    body: dict[str, Any], context: dict[str, Any] | None, integrations: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A call's wire body with a batch's shared context/integrations merged in (the call's keys win)."""
+    for shared, outer in (("context", context), ("integrations", integrations)):
+        if outer:
+            body[shared] = {**outer, **(body.get(shared) or {})}
+    return body
+
+
+class Refusal(BaseModel):
+    """One call of a /v1/batch that was not queued: its position, the field at fault and why."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    index: int
+    field: str
+    message: str
+
+
+def refusal(index: int, error: Any) -> Refusal:
+    field, message = describe(error)
+    if error.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+        field = "type"  # no (or an unknown) call type
+    where = f"batch.{index}" if field == "body" else f"batch.{index}.{field}"
+    return Refusal(index=index, field=where, message=message)
+
+
+class BatchRequest(BaseModel):
+    """A /v1/batch body as the API takes it: each call is checked on its own, so one bad call
+    does not refuse the others (unless the caller asks for strict mode)."""
+
+    model_config = ConfigDict(extra="allow", defer_build=True)
+
+    batch: list[Any] = Field(min_length=1, max_length=10_000)
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_too_deep(cls, data: Any) -> Any:
+        return shared_not_too_deep(data)
+
+    def split(self) -> tuple[list[tuple[int, dict[str, Any]]], list[Refusal]]:
+        """((index, wire body) of each valid call, a Refusal for each invalid one)."""
+        valid: list[tuple[int, dict[str, Any]]] = []
+        refused: list[Refusal] = []
+        for index, item in enumerate(self.batch):
+            try:
+                call = _CALL.validate_python(item)
+            except ValidationError as exc:
+                refused.append(refusal(index, exc.errors()[0]))
+                continue
+            valid.append((index, fold(call.wire(), self.context, self.integrations)))
+        return valid, refused
 
 
 def delete_person(user_id: str) -> Track:
     """Customer.io deletes a person through the `User Deleted` semantic event, not a DELETE call."""
     return Track(userId=user_id, event=USER_DELETED)
+
+
+_CALL = TypeAdapter[Any](Call)
 
 
 class Queued(BaseModel):
@@ -190,3 +255,9 @@ class Queued(BaseModel):
     status: Literal["queued"] = "queued"
     message_ids: list[str] = Field(description="SQS message ids, one per call")
     call_ids: list[str] = Field(description="the Pipelines messageId of each call, kept across retries")
+
+
+class BatchQueued(Queued):
+    """Answer to a /v1/batch: the calls queued, and each call refused (not queued) with its reason."""
+
+    refused: list[Refusal] = Field(default_factory=list, description="calls not queued, by index")
