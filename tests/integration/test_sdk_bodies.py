@@ -29,6 +29,13 @@ POSTS: list[tuple[str, str, dict[str, Any], int]] = [
     ("events", "/v1/batch", {"batch": [{"type": "track", "userId": "u1", "event": "e"}]}, 200),
     ("events", "/v1/customers", {"filter": {"segment": {"id": 1}}}, 200),
     ("email", "/v1/send/email", EMAIL, 200),
+    ("email", "/v1/send/push", {"transactional_message_id": 3, "identifiers": {"id": "u1"}}, 200),
+    (
+        "email",
+        "/v1/send/sms",
+        {"transactional_message_id": 4, "identifiers": {"id": "u1"}, "to": "+14155550123"},
+        200,
+    ),
 ]
 
 
@@ -61,8 +68,8 @@ def test_gzip_body_works_on_every_post_route(
 
     # THEN it is taken as if it had been sent plain
     assert answer.status == status, answer.body
-    if path == "/v1/send/email":
-        assert fake_cio.emails[-1]["json"]["identifiers"] == {"id": "u1"}
+    if path.startswith("/v1/send/"):
+        assert (fake_cio.requests[-1].path, fake_cio.requests[-1].json) == (path, body)
     elif path == "/v1/customers":
         assert fake_cio.requests[-1].json == body
     else:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.template.test_template import (
+    EXPECTED_ROUTES,
     Template,
     load_template,
     parameter_values,
@@ -63,7 +64,7 @@ def test_api_key_mode_every_route_uses_the_authorizer_and_requires_the_key() -> 
 
     # THEN every route runs the key authorizer AND requires an API key (metered by the usage plan)
     routes = operations(body)
-    assert len(routes) == 11
+    assert {(method, path) for method, path, _ in routes} == {(m, p) for _, m, p in EXPECTED_ROUTES}
     for method, path, operation in routes:
         assert operation["security"] == [{"ApiKeyAuthorizer": []}, {"api_key": []}], (method, path)
     # AND API Gateway takes that key from the authorizer, not from the x-api-key header
