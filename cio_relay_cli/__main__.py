@@ -1,4 +1,4 @@
-"""`cio-relay`: the operator CLI — `doctor`, `dlq list|show|redrive`.
+"""`cio-relay`: the operator CLI — `doctor`, `doctor check-connector`, `dlq list|show|redrive`.
 
 Works against a deployed stack (`--stack NAME`: queue URLs and the functions' own environment come
 from CloudFormation and Lambda) and locally (the same environment variables the functions read;
@@ -10,25 +10,39 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
 
+from cio_relay.settings import Settings
+
 from cio_relay_cli.aws import AWS_ERRORS, QUEUES, Aws, targets
+from cio_relay_cli.connector import Sender, check_connector, print_report
 from cio_relay_cli.dlq import dlq_list, dlq_redrive, dlq_show, queue_pairs
 from cio_relay_cli.doctor import doctor
 from cio_relay_cli.output import _marks
 
 
-def parser() -> argparse.ArgumentParser:
+def _common(default: object = None) -> argparse.ArgumentParser:
+    """The options every command takes. A subcommand's copy uses default=SUPPRESS, so that it does
+    not overwrite what was given before the subcommand's name."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--stack", help="CloudFormation stack name (else the environment variables)")
-    common.add_argument("--profile", help="AWS profile")
-    common.add_argument("--region", help="AWS region")
+    common.add_argument("--stack", default=default, help="CloudFormation stack name (else the environment)")
+    common.add_argument("--profile", default=default, help="AWS profile")
+    common.add_argument("--region", default=default, help="AWS region")
     for name in QUEUES:
-        common.add_argument(f"--{name}-queue-url", help=f"{name} queue URL (else {name.upper()}_QUEUE_URL)")
         common.add_argument(
-            f"--{name}-dlq-url", help=f"{name} dead-letter queue URL (else {name.upper()}_DLQ_URL)"
+            f"--{name}-queue-url", default=default, help=f"{name} queue URL (else {name.upper()}_QUEUE_URL)"
         )
+        common.add_argument(
+            f"--{name}-dlq-url",
+            default=default,
+            help=f"{name} dead-letter queue URL (else {name.upper()}_DLQ_URL)",
+        )
+    return common
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _common()
 
     root = argparse.ArgumentParser(prog="cio-relay", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -41,6 +55,21 @@ def parser() -> argparse.ArgumentParser:
         choices=("auto", "pipelines", "app", "none"),
         default="auto",
         help="credentials for --check-url (auto: by host; never sent to an unknown host)",
+    )
+    doctor_commands = check.add_subparsers(dest="doctor_command", metavar="check-connector")
+    connector = doctor_commands.add_parser(
+        "check-connector",
+        parents=[_common(argparse.SUPPRESS)],
+        help="explain one credential or one Customer.io URL, and probe it with a harmless request",
+        description="--env-name: which credential a variable is, what it is for, and whether Customer.io "
+        "accepts it. --url: which host, region and credential a call needs, probed with a request that "
+        "creates, changes and sends nothing.",
+    )
+    which = connector.add_mutually_exclusive_group(required=True)
+    which.add_argument("--env-name", help="a credential variable, e.g. CUSTOMERIO_TRACK_TOKEN")
+    which.add_argument("--url", help="a Customer.io URL, e.g. https://cdp.customer.io/v1/identify")
+    connector.add_argument(
+        "--method", type=str.upper, default=argparse.SUPPRESS, help="HTTP method for --url (default GET)"
     )
     dlq = commands.add_parser("dlq", help="dead-letter queues").add_subparsers(dest="action", required=True)
     dlq.add_parser("list", parents=[common], help="messages waiting in each dead-letter queue")
@@ -64,6 +93,7 @@ def main(
     out: TextIO | None = None,
     environ: Mapping[str, str] | None = None,
     aws: Aws | None = None,
+    sender_for: Callable[[Settings], Sender] | None = None,
 ) -> int:
     args = parser().parse_args(argv)
     stream = out or sys.stdout
@@ -71,23 +101,7 @@ def main(
     session = aws or Aws(args.profile, args.region)
     try:
         if args.command == "doctor":
-            checks = doctor(
-                session,
-                targets(session, args.stack, env),
-                check_url=args.check_url,
-                method=args.method,
-                data=args.data,
-                auth=args.auth,
-            )
-            marks = _marks(stream)
-            for check in checks:
-                print(check.line(marks), file=stream)
-            failed = sum(1 for c in checks if not c.ok)
-            verdict = (
-                f"{failed} of {len(checks)} checks failed" if failed else f"all {len(checks)} checks passed"
-            )
-            print(f"doctor: {verdict}", file=stream)
-            return 1 if failed else 0
+            return _doctor(args, session, env, stream, sender_for)
         pairs = queue_pairs(args, session, env)
         if not pairs:
             print(
@@ -118,6 +132,40 @@ def main(
     except AWS_ERRORS as exc:
         print(f"AWS error: {type(exc).__name__}: {exc}", file=stream)
         return 2
+
+
+def _doctor(
+    args: argparse.Namespace,
+    session: Aws,
+    env: Mapping[str, str],
+    stream: TextIO,
+    sender_for: Callable[[Settings], Sender] | None,
+) -> int:
+    marks = _marks(stream)
+    if args.doctor_command == "check-connector":
+        report = check_connector(
+            session,
+            targets(session, args.stack, env),
+            env_name=args.env_name,
+            url=args.url,
+            method=args.method,
+            sender_for=sender_for,
+        )
+        return print_report(report, marks, lambda line: print(line, file=stream))
+    checks = doctor(
+        session,
+        targets(session, args.stack, env),
+        check_url=args.check_url,
+        method=args.method,
+        data=args.data,
+        auth=args.auth,
+    )
+    for check in checks:
+        print(check.line(marks), file=stream)
+    failed = sum(1 for c in checks if not c.ok)
+    verdict = f"{failed} of {len(checks)} checks failed" if failed else f"all {len(checks)} checks passed"
+    print(f"doctor: {verdict}", file=stream)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
