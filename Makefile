@@ -24,7 +24,10 @@ help:
 RUN_STAMP := $(VENV)/.installed-run
 # pip's output cut to one line per package, so a first `make run` shows its progress; errors pass.
 PIP_PROGRESS := awk '/^Collecting /{n++; printf "  %3d  %s\n", n, $$2; fflush(); next} \
-	/^( |WARNING: Location|Requirement already|Installing collected|Successfully installed)/{next} \
+	/^Processing /{n++; f=$$2; sub(/.*\//, "", f); sub(/-(py|cp)[0-9].*$$/, "", f); \
+		printf "  %3d  %s\n", n, f; fflush(); next} \
+	/^Successfully installed/{printf "  installed %d packages\n", NF - 2; fflush(); next} \
+	/^(Looking in| |WARNING: Location|Requirement already|Installing collected)/{next} \
 	{print; fflush()}'
 
 # `make run` needs only the local stack's packages (requirements-run.txt, a subset of the dev pins).

@@ -8,7 +8,7 @@ The local stack runs the real handlers behind its API Gateway and its Lambda-lik
 moto server provisioned from template.yaml (redrive policies, batch sizes, visibility). The sandbox
 Customer.io answers 20 % of requests with 429 (half with Retry-After), some with 5xx, some only
 after the read timeout, drops some connections and slows some answers down. 1 % of the messages are
-poison. The test asserts docs/design.md's promises and writes its figures to FIGURES.md.
+poison. The test asserts docs/design.md's promises and writes its figures to .cache/figures/.
 
 About duplicates, honestly: a read timeout after the request left is ambiguous, so the relay sends
 again (at-least-once). The sandbox, like Customer.io, has already accepted the first send, so an
