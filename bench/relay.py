@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools.utilities import parameters
-from cio_relay import cio, forwarding, queues, settings, transactional
+from cio_relay import cio, clients, forwarding, settings, transactional
 from cio_relay.models.pipelines import Call
 from pydantic import TypeAdapter
 
@@ -75,7 +75,7 @@ def reset_layer_caches() -> None:
     settings.get_settings.cache_clear()
     cio.get_customerio.cache_clear()
     forwarding.get_forwarder.cache_clear()
-    queues.sqs_client.cache_clear()
+    clients.reset()
     parameters.clear_caches()  # type: ignore[no-untyped-call]
     transactional.reset()
 

@@ -17,8 +17,11 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs.client import SQSClient
     from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef, MessageTypeDef
 
-# The attributes delivery.py puts on a message it dead-letters; dropped when a message is redriven.
-REASON_ATTRIBUTES = ("FailureReason", "FailureStatus", "SourceMessageId", "ReceiveCount")
+# What delivery puts on a message it dead-letters about that failure; dropped when it is redriven.
+# SourceMessageId stays: it names the call's first message (its derived messageId comes from it), and
+# copies naming the same one (a crash between copying and acknowledging) count as one message.
+REASON_ATTRIBUTES = ("FailureReason", "FailureStatus", "ReceiveCount", "LineageReceiveCount", "RequeueCount")
+SOURCE_MESSAGE_ID = "SourceMessageId"
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,67 @@ def peek(sqs: SQSClient, url: str, *, limit: int = 10, hold_seconds: int = 20) -
     return list(seen.values())
 
 
+def source_id(message: Mapping[str, Any]) -> str:
+    """The first message of a copy's line (its own id when delivery did not copy it)."""
+    return attribute(message, SOURCE_MESSAGE_ID) or str(message["MessageId"])
+
+
+def scan(sqs: SQSClient, url: str, *, hold_seconds: int = 60) -> list[MessageTypeDef]:
+    """Every message of a queue, held invisible for `hold_seconds` (the caller releases or deletes them)."""
+    seen: dict[str, MessageTypeDef] = {}
+    while batch := sqs.receive_message(
+        QueueUrl=url,
+        MaxNumberOfMessages=10,
+        VisibilityTimeout=hold_seconds,
+        WaitTimeSeconds=0,
+        AttributeNames=["All"],
+        MessageAttributeNames=["All"],
+    ).get("Messages", []):
+        for message in batch:
+            seen[message["MessageId"]] = message  # the latest receipt handle is the one that works
+    return list(seen.values())
+
+
+def release(sqs: SQSClient, url: str, messages: list[MessageTypeDef]) -> None:
+    for start in range(0, len(messages), 10):
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+            for i, m in enumerate(messages[start : start + 10])
+        ]
+        sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)  # type: ignore[arg-type]
+
+
+def delete(sqs: SQSClient, url: str, messages: list[MessageTypeDef]) -> None:
+    for start in range(0, len(messages), 10):
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+            for i, m in enumerate(messages[start : start + 10])
+        ]
+        sqs.delete_message_batch(QueueUrl=url, Entries=entries)  # type: ignore[arg-type]
+
+
+def duplicates(messages: list[MessageTypeDef]) -> list[MessageTypeDef]:
+    """Every copy after the first of each source message id."""
+    first: set[str] = set()
+    extra: list[MessageTypeDef] = []
+    for message in messages:
+        key = source_id(message)
+        if key in first:
+            extra.append(message)
+        first.add(key)
+    return extra
+
+
+def drop_duplicates(sqs: SQSClient, url: str) -> int:
+    """Delete the extra copies of each source message from a dead-letter queue; how many were deleted."""
+    messages = scan(sqs, url)
+    extra = duplicates(messages)
+    ids = {m["MessageId"] for m in extra}
+    delete(sqs, url, extra)
+    release(sqs, url, [m for m in messages if m["MessageId"] not in ids])
+    return len(extra)
+
+
 def attribute(message: Mapping[str, Any], name: str) -> str | None:
     value = (message.get("MessageAttributes") or {}).get(name) or {}
     text = value.get("StringValue")
@@ -116,11 +180,16 @@ def summary(queue: str, body: str) -> str:
 
 
 def dlq_list(sqs: SQSClient, pairs: Mapping[str, QueuePair], out: TextIO) -> int:
+    """Each dead-letter queue's count; copies of one source message count once."""
     for pair in pairs.values():
+        messages = scan(sqs, pair.dlq_url, hold_seconds=30)
+        release(sqs, pair.dlq_url, messages)
         visible, in_flight = depth(sqs, pair.dlq_url)
+        extra = len(duplicates(messages))
         name = pair.dlq_url.rstrip("/").rsplit("/", 1)[-1]
         flight = f" ({in_flight} in flight)" if in_flight else ""
-        print(f"{pair.name:<7} {name:<40} {visible} message(s){flight}", file=out)
+        copies = f" (+{extra} duplicate copies, not counted)" if extra else ""
+        print(f"{pair.name:<7} {name:<40} {visible - extra} message(s){copies}{flight}", file=out)
     return 0
 
 
@@ -172,6 +241,9 @@ def dlq_redrive(
     if not source:
         print(f"{pair.name}: source queue unknown; pass --{pair.name}-queue-url", file=out)
         return 2
+    dropped = drop_duplicates(sqs, pair.dlq_url)
+    if dropped:
+        print(f"{pair.name}: deleted {dropped} duplicate copies (same source message id)", file=out)
     if move_task:
         try:
             handle = sqs.start_message_move_task(
@@ -214,6 +286,7 @@ def move_messages(
 ) -> tuple[int, int]:
     """Receive/send/delete until the DLQ is empty; returns (moved, failed to send)."""
     moved = failed = 0
+    moved_sources: set[str] = set()
     quiet_since: float | None = None
     while True:
         messages = sqs.receive_message(
@@ -235,6 +308,11 @@ def move_messages(
             time.sleep(0.2)
             continue
         quiet_since = None
+        copies = [m for m in messages if source_id(m) in moved_sources]
+        messages = [m for m in messages if source_id(m) not in moved_sources]
+        delete(sqs, dlq_url, copies)  # a copy of what this redrive already moved back
+        if not messages:
+            continue
         entries = [
             {"Id": str(i), "MessageBody": m.get("Body", ""), "MessageAttributes": _forwarded(m)}
             for i, m in enumerate(messages)
@@ -249,12 +327,15 @@ def move_messages(
         ]
         if done:
             sqs.delete_message_batch(QueueUrl=dlq_url, Entries=done)  # type: ignore[arg-type]
+        moved_sources.update(source_id(m) for i, m in enumerate(messages) if str(i) in sent)
         moved += len(done)
         if not done:
             return moved, failed
 
 
 def _forwarded(message: Mapping[str, Any]) -> dict[str, MessageAttributeValueTypeDef]:
+    # The moved message is new to SQS: it names its line's first message, so delivery derives the
+    # same messageId for its calls as it did before the dead-letter.
     kept: dict[str, MessageAttributeValueTypeDef] = {}
     for name, value in (message.get("MessageAttributes") or {}).items():
         if name in REASON_ATTRIBUTES:
@@ -264,4 +345,6 @@ def _forwarded(message: Mapping[str, Any]) -> dict[str, MessageAttributeValueTyp
             if key in value:
                 item[key] = value[key]
         kept[name] = item  # type: ignore[assignment]
+    if SOURCE_MESSAGE_ID not in kept and len(kept) < 10:  # SQS takes 10 attributes
+        kept[SOURCE_MESSAGE_ID] = {"DataType": "String", "StringValue": source_id(message)}
     return kept

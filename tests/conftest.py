@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
-from cio_relay import cio, forwarding, queues, settings, transactional
+from cio_relay import cio, clients, forwarding, settings, transactional
 from moto import mock_aws
 
 from local_stack.customerio import FakeCustomerIO
@@ -25,7 +25,7 @@ def reset_caches() -> None:
     settings.get_settings.cache_clear()
     cio.get_customerio.cache_clear()
     forwarding.get_forwarder.cache_clear()
-    queues.sqs_client.cache_clear()
+    clients.reset()
     transactional.reset()
     parameters.clear_caches()  # type: ignore[no-untyped-call]
 

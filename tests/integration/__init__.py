@@ -134,12 +134,14 @@ def poll(
 
 @dataclass
 class VisibilityCalls:
-    """Records every ChangeMessageVisibility the functions make (the call still goes to moto)."""
+    """Records every visibility change the functions make, one per record (the calls still go to moto)."""
 
     calls: list[dict[str, Any]] = field(default_factory=list)
 
     def __call__(self, params: dict[str, Any], **_: Any) -> None:
-        self.calls.append(dict(params))
+        # One entry per record, whether it came alone or in a ChangeMessageVisibilityBatch.
+        for entry in params.get("Entries") or [params]:
+            self.calls.append({"QueueUrl": params["QueueUrl"], **entry})
 
     @property
     def timeouts(self) -> list[int]:
@@ -152,11 +154,17 @@ def visibility_calls() -> Iterator[VisibilityCalls]:
 
     spy = VisibilityCalls()
     events = sqs_client().meta.events
-    events.register("provide-client-params.sqs.ChangeMessageVisibility", spy)
+    names = [
+        f"provide-client-params.sqs.{op}"
+        for op in ("ChangeMessageVisibility", "ChangeMessageVisibilityBatch")
+    ]
+    for name in names:
+        events.register(name, spy)
     try:
         yield spy
     finally:
-        events.unregister("provide-client-params.sqs.ChangeMessageVisibility", spy)
+        for name in names:
+            events.unregister(name, spy)
 
 
 class LogCapture(logging.Handler):

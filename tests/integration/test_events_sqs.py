@@ -292,11 +292,12 @@ def test_visibility_never_exceeds_12_hours(
     with visibility_calls() as visibility:
         poll(stack, lambda_context)
 
-    # THEN the visibility asked of SQS is at most 12 h (SQS's own limit), and SQS took it
+    # THEN the visibility asked of SQS stays within 12 h of the receive (SQS's own limit), less the
+    # function's timeout (30 s here) the receive may have preceded this invocation by, and SQS took it
     assert len(visibility.timeouts) == 1
-    assert 1 <= visibility.timeouts[0] <= MAX_VISIBILITY
+    assert 1 <= visibility.timeouts[0] <= MAX_VISIBILITY - 30
     if retry_after is not None:
-        assert visibility.timeouts == [MAX_VISIBILITY]
+        assert visibility.timeouts[0] >= MAX_VISIBILITY - 30 - 5
     assert stack.depth(stack.events_queue_url) == {"visible": 0, "in_flight": 1}
 
 

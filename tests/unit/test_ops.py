@@ -375,7 +375,7 @@ def test_dlq_redrive_moves_messages_back_without_their_failure_reason(moto_serve
     ]
     assert sorted(json.loads(m["Body"])["userId"] for m in moved) == ["u1", "u2"]
     for message in moved:
-        assert set(message["MessageAttributes"]) == {"IdempotencyKey"}
+        assert set(message["MessageAttributes"]) == {"IdempotencyKey", "SourceMessageId"}
 
 
 def test_dlq_redrive_uses_the_sqs_move_task_when_available() -> None:
@@ -384,6 +384,7 @@ def test_dlq_redrive_uses_the_sqs_move_task_when_available() -> None:
     dlq_url = "https://sqs.us-east-1.amazonaws.com/123456789012/events-dlq"
     source_url = "https://sqs.us-east-1.amazonaws.com/123456789012/events"
     with Stubber(sqs) as stub:
+        stub.add_response("receive_message", {"Messages": []})  # the scan for duplicate copies
         for url in (dlq_url, source_url):
             stub.add_response(
                 "get_queue_attributes",

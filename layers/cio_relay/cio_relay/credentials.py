@@ -62,9 +62,9 @@ class SecretReader(Protocol):
 
 
 def _powertools_secret(name: str, *, force_fetch: bool) -> Any:
-    from aws_lambda_powertools.utilities import parameters  # noqa: PLC0415 - keeps boto3 off import
+    from cio_relay import clients  # noqa: PLC0415 - keeps boto3 off import
 
-    return parameters.get_secret(
+    return clients.secrets_provider().get(
         name, transform="json", max_age=SECRET_MAX_AGE_SECONDS, force_fetch=force_fetch
     )
 

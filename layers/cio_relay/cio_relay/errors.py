@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 
 
@@ -58,10 +59,21 @@ class ConfigurationError(CioRelayError):
 
 
 class EnqueueFailed(CioRelayError):
-    """SQS did not accept a message, so nothing holds it: the caller must not be told it is queued."""
+    """SQS did not accept a message, so nothing holds it: the caller must not be told it is queued.
+
+    `queued_call_ids` names the calls of the same request that SQS did store, `not_queued` the
+    positions (in the request's batch) of those it did not.
+    """
 
     code = "enqueue_failed"
     classification = Classification.RETRYABLE
+
+    def __init__(
+        self, message: str, *, queued_call_ids: Sequence[str] = (), not_queued: Sequence[int] = ()
+    ) -> None:
+        super().__init__(message)
+        self.queued_call_ids = tuple(queued_call_ids)
+        self.not_queued = tuple(not_queued)
 
 
 class NotAttempted(CioRelayError):

@@ -19,10 +19,11 @@ from pydantic import TypeAdapter, ValidationError
 from cio_relay.cio import CustomerIO, get_customerio
 from cio_relay.cio.backend import EventsBackend, Item
 from cio_relay.cio.pipelines import encode, pack
-from cio_relay.delivery import Deadline, Outcomes
+from cio_relay.delivery import Deadline, Outcomes, source_message_id
 from cio_relay.errors import (
     CioRelayError,
     Classification,
+    EnqueueFailed,
     InvalidRequest,
     NotAttempted,
     PartlyRefused,
@@ -33,7 +34,7 @@ from cio_relay.limits import check_limits
 from cio_relay.models import invalid_request
 from cio_relay.models.pipelines import MAX_BATCH_BYTES, MAX_CALL_BYTES, Batch, Call, Queued
 from cio_relay.observability import count, logger
-from cio_relay.queues import Queues
+from cio_relay.queues import PartlyQueued, Queues
 from cio_relay.settings import Settings, get_settings
 
 SNAKE_CASE = re.compile(r"^[a-z0-9]+(_[a-z0-9]+)*$")
@@ -51,8 +52,9 @@ SEMANTIC_EVENTS = frozenset(
         "Report Content Event",
     }
 )
-# Queue messages written without a messageId get one derived from the SQS message id, so every
-# redelivery of that message carries the same messageId.
+# Queue messages written without a messageId get one derived from the SQS message id (of the first
+# message of its line: copies carry it as SourceMessageId), so every redelivery, dead-letter copy and
+# redrive of that message carries the same messageId.
 MESSAGE_ID_NAMESPACE = uuid.UUID("8b0c1f0e-6c4f-4a53-9d53-6f8f2b0c1e01")
 _NAMESPACE_BYTES = MESSAGE_ID_NAMESPACE.bytes
 _CALL = TypeAdapter[Any](Call)
@@ -129,9 +131,10 @@ def parse_queue_message(record: SQSRecord) -> tuple[list[dict[str, Any]], bool]:
     except ValidationError as exc:
         raise invalid_request(exc) from None
     sent_at = sent_time(record)
+    lineage = source_message_id(record)  # a dead-letter or re-enqueued copy names its first message
     for index, call in enumerate(calls):
         if call.get("messageId") is None:  # absent or null: Customer.io needs one on every call
-            call["messageId"] = derived_message_id(record.message_id, index)
+            call["messageId"] = derived_message_id(lineage, index)
         if call.get("timestamp") is None and sent_at is not None:
             call["timestamp"] = sent_at
     return calls, "batch" in data
@@ -211,7 +214,8 @@ class Forwarder:
         """Check and enqueue calls; each keeps (or gets) a messageId and a timestamp (the accept time)
         that survive every retry.
 
-        Raises InvalidRequest / PayloadTooLarge before anything is queued, EnqueueFailed if SQS refused.
+        Raises InvalidRequest / PayloadTooLarge before anything is queued, EnqueueFailed if SQS refused
+        (after sending refused entries again), naming the calls that were queued.
         """
         queue_url = self._settings.require("events_queue_url")
         accepted_at = iso_time(time.time_ns() // 1_000_000)
@@ -234,7 +238,10 @@ class Forwarder:
             raise PayloadTooLarge(
                 f"batch is {total} bytes; Customer.io takes at most {MAX_BATCH_BYTES}", field="batch"
             )
-        ids = self._queues.send_many(queue_url, bodies)
+        try:
+            ids = self._queues.send_many(queue_url, bodies)
+        except PartlyQueued as exc:
+            raise _partly_queued(call_ids, exc.queued) from exc
         count("Accepted", len(ids))
         logger.info("calls queued", extra={"calls": len(ids)})
         return Queued(message_ids=ids, call_ids=call_ids)
@@ -354,6 +361,19 @@ def _set(slots: list[_Slot], exc: BaseException) -> None:
 
 
 _NOT_SENT = NotAttempted("not attempted in this invocation")
+
+
+def _partly_queued(call_ids: list[str], queued: Sequence[int]) -> EnqueueFailed:
+    """503 naming what SQS stored. A call sent again with the same messageId is the same call."""
+    stored = [call_ids[i] for i in queued]
+    if not stored:
+        return EnqueueFailed("the calls could not be queued; nothing was stored, try again")
+    return EnqueueFailed(
+        f"{len(stored)} of {len(call_ids)} calls were queued (queued_call_ids); send the others "
+        "(not_queued) again, or the whole request with the same messageIds",
+        queued_call_ids=stored,
+        not_queued=sorted(set(range(len(call_ids))) - set(queued)),
+    )
 
 
 @lru_cache(maxsize=1)

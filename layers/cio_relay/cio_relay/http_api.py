@@ -78,6 +78,8 @@ class ErrorBody(BaseModel):
     message: str
     field: str | None = None
     errors: list[dict[str, str | int]] | None = None
+    queued_call_ids: list[str] | None = None  # 503: the calls of the request that were queued,
+    not_queued: list[int] | None = None  # and the positions in `batch` of those that were not
 
 
 _ERROR_DESCRIPTIONS = {
@@ -90,7 +92,7 @@ _ERROR_DESCRIPTIONS = {
     422: "validation failed; `field` names the part at fault",
     429: "Customer.io is rate limiting the relay (Retry-After)",
     502: "Customer.io is unavailable or refused the relay's credentials",
-    503: "the relay could not store the request; nothing was kept, try again",
+    503: "the relay could not store the request: nothing was kept, or only the calls in queued_call_ids",
     504: "Customer.io did not answer in time",
 }
 
@@ -199,6 +201,14 @@ def in_progress(exc: SendInProgress) -> Response[Any]:
 
 def unavailable(exc: EnqueueFailed | ConfigurationError | StoreUnavailable) -> Response[Any]:
     logger.error("relay unavailable", extra={"reason": exc.message})
+    if isinstance(exc, EnqueueFailed) and exc.queued_call_ids:
+        return error_response(
+            503,
+            exc.code,
+            exc.message,
+            queued_call_ids=list(exc.queued_call_ids),
+            not_queued=list(exc.not_queued),
+        )
     return error_response(503, exc.code, exc.message)
 
 

@@ -2,44 +2,112 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from functools import lru_cache
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cio_relay import clients
 from cio_relay.errors import EnqueueFailed
 from cio_relay.observability import logger
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.client import SQSClient
-    from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef, SendMessageBatchRequestEntryTypeDef
+    from mypy_boto3_sqs.type_defs import (
+        ChangeMessageVisibilityBatchRequestEntryTypeDef,
+        MessageAttributeValueTypeDef,
+        SendMessageBatchRequestEntryTypeDef,
+    )
 
 MAX_BATCH_ENTRIES = 10
 MAX_BATCH_BYTES = 256 * 1024
 MAX_VISIBILITY_SECONDS = 43_200
 MAX_ATTRIBUTES = 10
 AWS_ERRORS = (BotoCoreError, ClientError)
+# Entries SendMessageBatch refused (not the caller's fault) are sent again this many times in all,
+# after these pauses: a throttled or briefly failing queue usually takes them on the next try.
+SEND_ATTEMPTS = 3
+SEND_PAUSES_SECONDS = (0.05, 0.2)
+# Attributes delivery reads from a message: kept first on every copy (dead-letter or re-enqueued).
+DELIVERY_ATTRIBUTES = ("IdempotencyKey", "Channel", "SourceMessageId")
+# Parallel ChangeMessageVisibilityBatch / SendMessageBatch calls when a big batch fails.
+WORKERS = 8
 
 
-@lru_cache(maxsize=1)
 def sqs_client() -> SQSClient:
-    # Short timeouts and few retries: an API caller waits on these calls.
-    config = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 3, "mode": "standard"})
-    return boto3.client("sqs", config=config)
+    return clients.sqs()
 
 
 def string_attributes(values: Mapping[str, str]) -> dict[str, MessageAttributeValueTypeDef]:
     return {k: {"DataType": "String", "StringValue": v} for k, v in values.items() if v}
 
 
+def copy_attributes(
+    own: Mapping[str, str], original: Mapping[str, Any] | None
+) -> dict[str, MessageAttributeValueTypeDef]:
+    """A copy's attributes, at most SQS's 10: what delivery needs, then `own`, then the rest as room allows.
+
+    `original` holds the record's attributes as Lambda hands them (stringValue/dataType) or as
+    ReceiveMessage returns them (StringValue/DataType); `own` wins over an original of the same name.
+    """
+    kept: dict[str, MessageAttributeValueTypeDef] = {}
+    source = original or {}
+
+    def take(name: str, value: Mapping[str, Any]) -> None:
+        text = value.get("stringValue") or value.get("StringValue")
+        if name in kept or len(kept) >= MAX_ATTRIBUTES or text is None:
+            return
+        data_type = value.get("dataType") or value.get("DataType") or "String"
+        kept[name] = {"DataType": data_type, "StringValue": text}
+
+    for name in DELIVERY_ATTRIBUTES:
+        if name in own:
+            take(name, {"StringValue": own[name]})
+        elif name in source:
+            take(name, source[name])
+    for name, text in own.items():
+        if text:
+            take(name, {"StringValue": text})
+    for name, value in source.items():
+        take(name, value)
+    return kept
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A message to send to a queue (a dead-letter or re-enqueued copy of a record)."""
+
+    key: str  # the caller's name for it (a record's message id)
+    body: str
+    attributes: Mapping[str, MessageAttributeValueTypeDef]
+
+
+@dataclass(frozen=True)
+class VisibilityChange:
+    key: str
+    receipt_handle: str
+    seconds: int
+
+
+class PartlyQueued(EnqueueFailed):
+    """Some of the messages were stored and some were not; `queued` holds the stored ones' positions."""
+
+    def __init__(self, message: str, *, queued: Sequence[int]) -> None:
+        super().__init__(message)
+        self.queued = tuple(queued)
+
+
 class Queues:
     """The SQS operations both functions need. `client` defaults to the container's client."""
 
-    def __init__(self, client: SQSClient | None = None) -> None:
+    def __init__(
+        self, client: SQSClient | None = None, *, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self._client = client
+        self._sleep = sleep
 
     @property
     def client(self) -> SQSClient:
@@ -59,73 +127,178 @@ class Queues:
     def send_many(self, queue_url: str, bodies: Sequence[str]) -> list[str]:
         """Store many messages with SendMessageBatch (10 entries and 256 KB per call), in order.
 
-        Raises EnqueueFailed if any entry was refused; entries sent before it stay queued, which the
-        at-least-once contract allows (each call keeps its messageId).
+        Entries SQS refused are sent again (SEND_ATTEMPTS in all). If some still fail, raises
+        PartlyQueued naming the positions that were stored, so the caller can say which are queued.
         """
-        ids: list[str] = []
-        for chunk in _chunks(bodies):
+        ids: dict[int, str] = {}
+        complete = True
+        for chunk in _chunks(list(enumerate(bodies))):
+            try:
+                stored = self._send_chunk(queue_url, chunk)
+            except AWS_ERRORS as exc:
+                logger.error("enqueue failed", extra={"error": type(exc).__name__})
+                raise _partly(len(bodies), ids) from exc
+            ids.update(stored)
+            complete = complete and len(stored) == len(chunk)
+        if not complete:
+            raise _partly(len(bodies), ids)
+        return [ids[position] for position in range(len(bodies))]
+
+    def _send_chunk(self, queue_url: str, chunk: list[tuple[int, str]]) -> dict[int, str]:
+        """One chunk, re-sending refused entries; the positions stored and their SQS message ids."""
+        stored: dict[int, str] = {}
+        waiting = dict(chunk)
+        for attempt in range(SEND_ATTEMPTS):
+            if attempt:
+                self._sleep(SEND_PAUSES_SECONDS[min(attempt, len(SEND_PAUSES_SECONDS)) - 1])
             entries: list[SendMessageBatchRequestEntryTypeDef] = [
-                {"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)
+                {"Id": str(position), "MessageBody": body} for position, body in waiting.items()
             ]
             try:
                 answer = self.client.send_message_batch(QueueUrl=queue_url, Entries=entries)
-            except AWS_ERRORS as exc:
-                logger.error("enqueue failed", extra={"error": type(exc).__name__})
-                raise EnqueueFailed("the messages could not be queued; try again") from exc
-            if answer.get("Failed"):
-                logger.error("enqueue partly failed", extra={"failed": len(answer["Failed"])})
-                raise EnqueueFailed("some messages could not be queued; try again")
-            by_entry = {entry["Id"]: entry["MessageId"] for entry in answer.get("Successful", [])}
-            ids.extend(by_entry[str(i)] for i in range(len(chunk)))
-        return ids
+            except AWS_ERRORS:
+                if not stored and attempt == 0:
+                    raise
+                break  # what is stored stays stored; the rest is reported as not queued
+            for entry in answer.get("Successful", []):
+                position = int(entry["Id"])
+                stored[position] = entry["MessageId"]
+                waiting.pop(position, None)
+            failed = answer.get("Failed", [])
+            if not waiting:
+                break
+            logger.warning(
+                "enqueue partly failed",
+                extra={"failed": len(failed), "codes": sorted({f.get("Code", "?") for f in failed})},
+            )
+            if any(f.get("SenderFault") for f in failed):
+                break  # the request itself is at fault: sending it again cannot help
+        return stored
 
     def change_visibility(self, queue_url: str, receipt_handle: str, seconds: int) -> bool:
         """Delay the next delivery; False (logged) when SQS refused, so the caller still reports failure."""
+        refused = self.change_visibility_many(queue_url, [VisibilityChange("0", receipt_handle, seconds)])
+        return not refused
+
+    def change_visibility_many(
+        self,
+        queue_url: str,
+        changes: Sequence[VisibilityChange],
+        *,
+        smaller: Callable[[VisibilityChange], int | None] | None = None,
+        in_time: Callable[[], bool] = lambda: True,
+    ) -> set[str]:
+        """ChangeMessageVisibilityBatch, 10 entries a call, a few calls at a time; the keys SQS refused.
+
+        `smaller(change)` gives a shorter timeout to ask for when SQS refused one (None: give up);
+        once `in_time()` is False no further call starts (those records come back at the queue's
+        visibility timeout instead).
+        """
+        groups = [list(changes[i : i + MAX_BATCH_ENTRIES]) for i in range(0, len(changes), MAX_BATCH_ENTRIES)]
+
+        def change(group: list[VisibilityChange]) -> set[str]:
+            refused: set[str] = set()
+            while group:
+                if not in_time():
+                    return refused | {c.key for c in group}
+                failed = self._change_group(queue_url, group)
+                retry: list[VisibilityChange] = []
+                for item in group:
+                    if item.key not in failed:
+                        continue
+                    shorter = smaller(item) if smaller and failed[item.key] else None
+                    if shorter is None or shorter >= item.seconds:
+                        refused.add(item.key)
+                    else:
+                        retry.append(VisibilityChange(item.key, item.receipt_handle, shorter))
+                group = retry
+            return refused
+
+        refused: set[str] = set()
+        for result in _map(change, groups):
+            refused |= result
+        if refused:
+            logger.warning("change visibility failed", extra={"records": len(refused)})
+        return refused
+
+    def _change_group(self, queue_url: str, group: list[VisibilityChange]) -> dict[str, bool]:
+        """One ChangeMessageVisibilityBatch; refused keys -> whether asking for less could help."""
+        entries: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
+            {
+                "Id": str(index),
+                "ReceiptHandle": item.receipt_handle,
+                "VisibilityTimeout": max(0, min(MAX_VISIBILITY_SECONDS, int(item.seconds))),
+            }
+            for index, item in enumerate(group)
+        ]
         try:
-            self.client.change_message_visibility(
-                QueueUrl=queue_url,
-                ReceiptHandle=receipt_handle,
-                VisibilityTimeout=max(0, min(MAX_VISIBILITY_SECONDS, int(seconds))),
-            )
+            answer = self.client.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
         except AWS_ERRORS as exc:
             logger.warning("change visibility failed", extra={"error": type(exc).__name__})
-            return False
-        return True
+            return {item.key: False for item in group}
+        return {
+            group[int(failure["Id"])].key: failure.get("Code") == "InvalidParameterValue"
+            for failure in answer.get("Failed", [])
+        }
 
     def dead_letter(
         self, dlq_url: str, body: str, reason: Mapping[str, str], original: Mapping[str, Any] | None = None
     ) -> bool:
-        """Copy a message to the dead-letter queue with its failure reason; False (logged) if SQS refused.
+        """Copy a message to the dead-letter queue with its failure reason; False (logged) if SQS refused."""
+        copy = Copy("0", body, copy_attributes(reason, original))
+        return not self.send_copies(dlq_url, [copy])
 
-        The reason attributes come first; the original message attributes are kept as room allows
-        (SQS takes 10 per message).
-        """
-        attributes = string_attributes(reason)
-        for name, value in (original or {}).items():
-            if len(attributes) >= MAX_ATTRIBUTES:
-                break
-            data_type = value.get("dataType") or value.get("DataType") or "String"
-            text = value.get("stringValue") or value.get("StringValue")
-            if name not in attributes and text is not None:
-                attributes[name] = {"DataType": data_type, "StringValue": text}
-        try:
-            self.client.send_message(QueueUrl=dlq_url, MessageBody=body, MessageAttributes=attributes)
-        except AWS_ERRORS as exc:
-            logger.error("dead-letter failed", extra={"error": type(exc).__name__})
-            return False
-        return True
+    def send_copies(self, queue_url: str, copies: Sequence[Copy]) -> set[str]:
+        """SendMessageBatch of whole copies (10 or 256 KB a call), a few calls at a time; the keys refused."""
+
+        def send(group: list[Copy]) -> set[str]:
+            entries: list[SendMessageBatchRequestEntryTypeDef] = [
+                {"Id": str(i), "MessageBody": c.body, "MessageAttributes": dict(c.attributes)}
+                for i, c in enumerate(group)
+            ]
+            try:
+                answer = self.client.send_message_batch(QueueUrl=queue_url, Entries=entries)
+            except AWS_ERRORS as exc:
+                logger.error("copy failed", extra={"error": type(exc).__name__})
+                return {c.key for c in group}
+            return {group[int(f["Id"])].key for f in answer.get("Failed", [])}
+
+        groups = [
+            [copies[i] for i, _ in chunk] for chunk in _chunks([(i, c.body) for i, c in enumerate(copies)])
+        ]
+        refused: set[str] = set()
+        for result in _map(send, groups):
+            refused |= result
+        if refused:
+            logger.error("copy failed", extra={"records": len(refused)})
+        return refused
 
 
-def _chunks(bodies: Sequence[str]) -> list[list[str]]:
-    chunks: list[list[str]] = []
-    current: list[str] = []
+def _partly(total: int, ids: Mapping[int, str]) -> PartlyQueued:
+    queued = sorted(ids)
+    if not queued:
+        return PartlyQueued("the messages could not be queued; nothing was stored, try again", queued=())
+    return PartlyQueued(f"only {len(queued)} of {total} messages were queued; try again", queued=queued)
+
+
+def _map(function: Callable[[Any], set[str]], groups: Sequence[Any]) -> Iterable[set[str]]:
+    if len(groups) <= 1:
+        return [function(group) for group in groups]
+    with ThreadPoolExecutor(max_workers=min(WORKERS, len(groups))) as pool:
+        return list(pool.map(function, groups))
+
+
+def _chunks(items: Sequence[tuple[int, str]]) -> list[list[tuple[int, str]]]:
+    """(position, body) pairs in SendMessageBatch-sized chunks: 10 entries and 256 KB at most."""
+    chunks: list[list[tuple[int, str]]] = []
+    current: list[tuple[int, str]] = []
     size = 0
-    for body in bodies:
-        length = len(body.encode())
+    for item in items:
+        length = len(item[1].encode())
         if current and (len(current) == MAX_BATCH_ENTRIES or size + length > MAX_BATCH_BYTES):
             chunks.append(current)
             current, size = [], 0
-        current.append(body)
+        current.append(item)
         size += length
     if current:
         chunks.append(current)

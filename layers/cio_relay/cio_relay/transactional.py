@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-import boto3
 from aws_lambda_powertools.shared.functions import strtobool
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSMessageAttributes, SQSRecord
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
@@ -29,9 +28,9 @@ from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePer
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
 from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import PydanticSerializer
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.config import Config
 from pydantic import ValidationError
 
+from cio_relay import clients
 from cio_relay.cio import CustomerIO, get_customerio
 from cio_relay.delivery import Deadline, Outcomes
 from cio_relay.errors import (
@@ -429,15 +428,8 @@ def executor(workers: int) -> ThreadPoolExecutor:
 
 @lru_cache(maxsize=1)
 def dynamodb_client() -> DynamoDBClient:
-    # Short timeouts: an API caller waits on these calls. One connection per concurrent send.
-    settings = get_settings()
-    config = Config(
-        connect_timeout=2,
-        read_timeout=5,
-        retries={"max_attempts": 3, "mode": "standard"},
-        max_pool_connections=max(10, settings.email_send_concurrency),
-    )
-    return boto3.client("dynamodb", config=config)
+    # Short timeouts, bounded retries (an API caller waits on these calls); one connection per concurrent send.
+    return clients.dynamodb(pool=max(10, get_settings().email_send_concurrency))
 
 
 @lru_cache(maxsize=1)
