@@ -428,7 +428,7 @@ def executor(workers: int) -> ThreadPoolExecutor:
 
 @lru_cache(maxsize=1)
 def dynamodb_client() -> DynamoDBClient:
-    # Short timeouts, bounded retries (an API caller waits on these calls); one connection per concurrent send.
+    # Short timeouts, bounded retries (an API caller waits); one connection per concurrent send.
     return clients.dynamodb(pool=max(10, get_settings().email_send_concurrency))
 
 
