@@ -641,15 +641,16 @@ class Clock(LambdaContext):
 
 
 def test_records_not_attempted_when_time_runs_out_come_back(stack: Stack, fake_cio: FakeCustomerIO) -> None:
-    # GIVEN two requests' worth of records, 4.4 s left, and a first request that takes 0.6 s
-    # (a request is started only with connect + read timeout + 1 s = 4 s to spare)
+    # GIVEN two requests' worth of records, 4.8 s left, and a first request that takes 0.6 s
+    # (a request is started only with connect + read timeout + 1 s + the time failure handling of
+    # 20 records may need, 0.3 s = 4.3 s to spare)
     payloads = [identify(f"u{i}", traits=bulky_traits()) for i in range(20)]
     send_bodies(stack, stack.events_queue_url, payloads)
     fake_cio.fail("/v1/batch", Fault(delay=0.6))
 
     # WHEN one invocation handles them
     with visibility_calls() as visibility:
-        result = poll(stack, Clock(4_400), max_records=20)
+        result = poll(stack, Clock(4_800), max_records=20)
 
     # THEN only the first request was made; its records are done, the others reported with no delay
     [request] = fake_cio.requests
