@@ -640,10 +640,13 @@ class Clock(LambdaContext):
         return int((self._deadline - time.monotonic()) * 1000)
 
 
-def test_records_not_attempted_when_time_runs_out_come_back(stack: Stack, fake_cio: FakeCustomerIO) -> None:
-    # GIVEN two requests' worth of records, 4.8 s left, and a first request that takes 0.6 s
-    # (a request is started only with connect + read timeout + 1 s + the time failure handling of
-    # 20 records may need, 0.3 s = 4.3 s to spare)
+def test_records_not_attempted_when_time_runs_out_come_back(
+    stack: Stack, fake_cio: FakeCustomerIO, configure: Configure
+) -> None:
+    # GIVEN two requests' worth of records sent one after the other, 4.8 s left, and a first request
+    # that takes 0.6 s (a request is started only with connect + read timeout + 1 s + the time failure
+    # handling of 20 records may need, 0.3 s = 4.3 s to spare)
+    configure(EVENTS_SEND_CONCURRENCY="1")
     payloads = [identify(f"u{i}", traits=bulky_traits()) for i in range(20)]
     send_bodies(stack, stack.events_queue_url, payloads)
     fake_cio.fail("/v1/batch", Fault(delay=0.6))

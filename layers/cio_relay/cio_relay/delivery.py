@@ -93,6 +93,8 @@ class Lineage:
 
 def source_message_id(record: SQSRecord) -> str:
     """The id of the first message of the record's line: the record's own id unless it is a copy."""
+    if not record.raw_event.get("messageAttributes"):  # no attributes: not a copy (read per record)
+        return record.message_id
     return Lineage.of(record).source_message_id
 
 
@@ -393,9 +395,30 @@ def process_batch(
     A record it did not report is treated as not attempted and comes back from the queue.
     """
     with collector_paused():
-        records = [SQSRecord(raw) for raw in event["Records"]]
-        deadline = Deadline(context, settings.connect_timeout + settings.read_timeout, records=len(records))
-        outcomes = deliver(records, deadline)
+        return _process(
+            event,
+            context,
+            deliver=deliver,
+            settings=settings,
+            queues=queues,
+            queue_url=queue_url,
+            dlq_url=dlq_url,
+        )
+
+
+def _process(
+    event: dict[str, Any],
+    context: LambdaContext,
+    *,
+    deliver: Deliver,
+    settings: Settings,
+    queues: Queues,
+    queue_url: str | None,
+    dlq_url: str | None,
+) -> PartialItemFailureResponse:
+    records = [SQSRecord(raw) for raw in event["Records"]]
+    deadline = Deadline(context, settings.connect_timeout + settings.read_timeout, records=len(records))
+    outcomes = deliver(records, deadline)
     if all(outcomes.get(record.message_id, _NOT_REPORTED) is None for record in records):
         return {"batchItemFailures": []}  # what the processor answers when every record succeeded
     failed: list[tuple[SQSRecord, BaseException]] = []

@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -32,7 +33,7 @@ from cio_relay.errors import (
 )
 from cio_relay.limits import check_limits
 from cio_relay.models import invalid_request
-from cio_relay.models.pipelines import MAX_BATCH_BYTES, MAX_CALL_BYTES, Batch, Call, Queued
+from cio_relay.models.pipelines import MAX_BATCH_BYTES, MAX_CALL_BYTES, Batch, Call, Queued, wire_of
 from cio_relay.observability import count, logger
 from cio_relay.queues import PartlyQueued, Queues
 from cio_relay.settings import Settings, get_settings
@@ -56,7 +57,7 @@ SEMANTIC_EVENTS = frozenset(
 # message of its line: copies carry it as SourceMessageId), so every redelivery, dead-letter copy and
 # redrive of that message carries the same messageId.
 MESSAGE_ID_NAMESPACE = uuid.UUID("8b0c1f0e-6c4f-4a53-9d53-6f8f2b0c1e01")
-_NAMESPACE_BYTES = MESSAGE_ID_NAMESPACE.bytes
+_NAMESPACE_SHA1 = hashlib.sha1(MESSAGE_ID_NAMESPACE.bytes, usedforsecurity=False)
 _CALL = TypeAdapter[Any](Call)
 
 
@@ -66,8 +67,9 @@ def derived_message_id(sqs_message_id: str, index: int) -> str:
     Same value as uuid5 (RFC 4122 version 5); about a tenth of the handler's CPU on a 100-record batch
     went into uuid.uuid5 itself.
     """
-    name = f"{sqs_message_id}/{index}".encode()
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
+    sha1 = _NAMESPACE_SHA1.copy()
+    sha1.update(f"{sqs_message_id}/{index}".encode())
+    digest = bytearray(sha1.digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = digest.hex()
@@ -106,6 +108,17 @@ def encode_checked(call: dict[str, Any], field_name: str) -> bytes:
     return encoded
 
 
+class _NonFinite(Exception):
+    """The JSON holds NaN or Infinity (json.loads accepts them; validation turns them into null)."""
+
+
+def _non_finite(name: str) -> float:
+    raise _NonFinite(name)
+
+
+_FINITE_JSON = json.JSONDecoder(parse_constant=_non_finite)
+
+
 def parse_queue_body(record: SQSRecord) -> list[dict[str, Any]]:
     """An EventsQueue body: one call with its `type`, or `{"batch": [...]}`. Raises InvalidRequest."""
     return parse_queue_message(record)[0]
@@ -117,8 +130,12 @@ def parse_queue_message(record: SQSRecord) -> tuple[list[dict[str, Any]], bool]:
     Every call leaves with a messageId and a timestamp: a call without one gets one derived from the
     SQS message id, and the message's SentTimestamp — the same on every receive of that message.
     """
+    body = record.body or ""
     try:
-        data = json.loads(record.body or "")
+        try:
+            data, finite = _FINITE_JSON.decode(body), True
+        except _NonFinite:
+            data, finite = json.loads(body), False
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser allows
         raise InvalidRequest("message body is not valid JSON", field="body") from None
     if not isinstance(data, dict):
@@ -127,16 +144,20 @@ def parse_queue_message(record: SQSRecord) -> tuple[list[dict[str, Any]], bool]:
         if "batch" in data:
             calls = Batch.model_validate(data).calls()
         else:
-            calls = [_CALL.validator.validate_python(data).wire()]  # the validator itself: once per record
+            call = _CALL.validator.validate_python(data)  # the validator itself: once per record
+            calls = [wire_of(call, data) if finite else call.wire()]
     except ValidationError as exc:
         raise invalid_request(exc) from None
-    sent_at = sent_time(record)
-    lineage = source_message_id(record)  # a dead-letter or re-enqueued copy names its first message
+    sent_at: str | None = ""  # read when a call needs it: most calls carry their own time
+    lineage = ""  # a dead-letter or re-enqueued copy names its first message; read when needed
     for index, call in enumerate(calls):
         if call.get("messageId") is None:  # absent or null: Customer.io needs one on every call
+            lineage = lineage or source_message_id(record)
             call["messageId"] = derived_message_id(lineage, index)
-        if call.get("timestamp") is None and sent_at is not None:
-            call["timestamp"] = sent_at
+        if call.get("timestamp") is None:
+            sent_at = sent_time(record) if sent_at == "" else sent_at
+            if sent_at is not None:
+                call["timestamp"] = sent_at
     return calls, "batch" in data
 
 
@@ -168,9 +189,9 @@ class _Record:
     def outcome(self) -> BaseException | None:
         """Delivered (None); retry (the first retryable error: the whole message comes back); or
         permanent: the message when every call was refused, else only its refused calls."""
-        failures = [(i, r) for i, r in enumerate(self.results) if r is not None]
-        if not failures:
+        if not any(self.results):  # errors are truthy: every call delivered
             return None
+        failures = [(i, r) for i, r in enumerate(self.results) if r is not None]
         retry = next((r for _, r in failures if not _permanent(r)), None)
         if retry is not None:
             return retry
@@ -256,6 +277,11 @@ class Forwarder:
         """
         outcomes: dict[str, BaseException | None] = {}
         pending: list[_Record] = []
+        try:
+            backend: EventsBackend | None = self._cio.events_backend()
+            unusable: CioRelayError | None = None
+        except CioRelayError as exc:  # no usable credential, or the secret cannot be read: retried
+            backend, unusable = None, exc
         # logger.set_correlation_id(message_id) for each record, without looking the formatter up each time.
         log_keys = logger.registered_formatter
         for record in records:
@@ -263,20 +289,18 @@ class Forwarder:
             log_keys.append_keys(correlation_id=message_id)
             try:
                 calls, batch = parse_queue_message(record)
-            except InvalidRequest as exc:
+            except InvalidRequest as exc:  # refused whatever the backend: a bad message stays bad
                 outcomes[message_id] = exc
                 continue
-            pending.append(_Record(message_id, calls, batch))
-        logger.set_correlation_id(None)
-        try:
-            backend = self._cio.events_backend()
-        except CioRelayError as exc:  # no usable credential, or the secret cannot be read: retried
-            outcomes.update((item.record_id, exc) for item in pending)
-            return outcomes
-        for item in pending:
-            log_keys.append_keys(correlation_id=item.record_id)
+            if backend is None:
+                outcomes[message_id] = unusable
+                continue
+            item = _Record(message_id, calls, batch)
             self._prepare(item, backend)
+            pending.append(item)
         logger.set_correlation_id(None)
+        if backend is None:
+            return outcomes
         self._send(pending, backend, deadline)
         for item in pending:
             outcomes[item.record_id] = item.outcome()
@@ -284,13 +308,13 @@ class Forwarder:
         return outcomes
 
     def _prepare(self, record: _Record, backend: EventsBackend) -> None:
-        settings = self._settings
+        names, limits = self._settings.event_name_policy, self._settings.limits_policy
         for index, call in enumerate(record.calls):
             prefix = record.where(index)
             try:
-                check_conventions(call, settings.event_name_policy, f"{prefix}event")
+                check_conventions(call, names, f"{prefix}event" if prefix else "event")
                 item = backend.item(call)
-                check_limits(call, settings.limits_policy, prefix)
+                check_limits(call, limits, prefix)
             except UnicodeEncodeError:  # a lone surrogate ("\ud800") parses as JSON but is not UTF-8
                 item = None
                 error = InvalidRequest("text must be valid Unicode (no lone surrogates)", field=None)
@@ -308,28 +332,41 @@ class Forwarder:
                     packed.append((record, index, item.body))
                 elif item is not None:
                     alone.append((record, index, item))
-        groups = pack([body for _, _, body in packed], max_request_bytes=backend.max_request_bytes)
-        for group in groups:
-            if not deadline.allows_request():
-                return
-            slots = [packed[i] for i in group]
-            try:
-                refused = backend.send_batch([body for _, _, body in slots])
-            except Permanent as exc:
-                if len(slots) == 1:
-                    _set(slots, exc)
-                    continue
-                # One bad call must not poison the others: send the calls this request held, one by one.
-                logger.warning("batch refused; sending its calls one by one", extra={"calls": len(slots)})
-                if not self._one_by_one(slots, backend, deadline):
-                    return
-                continue
-            except CioRelayError as exc:  # Customer.io errors, and a secret that cannot be read
+        groups = list(pack([body for _, _, body in packed], max_request_bytes=backend.max_request_bytes))
+
+        def send_group(group: list[int]) -> bool:
+            return self._send_group([packed[i] for i in group], backend, deadline)
+
+        # Big batches make several requests: up to EVENTS_SEND_CONCURRENCY of them are in flight at
+        # once, so an invocation waits about one round trip rather than one per request. Each is started
+        # only with its timeouts to spare, as a lone request is.
+        workers = self._settings.events_send_concurrency
+        if len(groups) > 1 and workers > 1:
+            in_time = list(_executor(workers).map(send_group, groups))
+        else:
+            in_time = [send_group(group) for group in groups]
+        if all(in_time):
+            self._send_alone(alone, backend, deadline)
+
+    def _send_group(self, slots: list[_Slot], backend: EventsBackend, deadline: Deadline) -> bool:
+        """One packed request, and each call's result; False when time ran out before it was sent."""
+        if not deadline.allows_request():
+            return False
+        try:
+            refused = backend.send_batch([body for _, _, body in slots])
+        except Permanent as exc:
+            if len(slots) == 1:
                 _set(slots, exc)
-                continue
-            for position, (record, index, _) in enumerate(slots):
-                record.results[index] = refused.get(position)
-        self._send_alone(alone, backend, deadline)
+                return True
+            # One bad call must not poison the others: send the calls this request held, one by one.
+            logger.warning("batch refused; sending its calls one by one", extra={"calls": len(slots)})
+            return self._one_by_one(slots, backend, deadline)
+        except CioRelayError as exc:  # Customer.io errors, and a secret that cannot be read
+            _set(slots, exc)
+            return True
+        for position, (record, index, _) in enumerate(slots):
+            record.results[index] = refused.get(position)
+        return True
 
     def _send_alone(
         self, alone: list[tuple[_Record, int, Item]], backend: EventsBackend, deadline: Deadline
@@ -374,6 +411,12 @@ def _partly_queued(call_ids: list[str], queued: Sequence[int]) -> EnqueueFailed:
         queued_call_ids=stored,
         not_queued=sorted(set(range(len(call_ids))) - set(queued)),
     )
+
+
+@lru_cache(maxsize=2)
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """The container's request threads, made on the first batch that needs them and kept."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cio-relay-events")
 
 
 @lru_cache(maxsize=1)

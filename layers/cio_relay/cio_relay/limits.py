@@ -26,10 +26,20 @@ _IDENTIFIERS = ("userId", "previousId", "groupId")
 _ATTRIBUTES = {"identify": "traits", "group": "traits"}  # call type -> where its attributes are
 
 
+def _over(text: str, limit: int) -> bool:
+    # UTF-8 takes at most 4 bytes a character: most strings are proven short without encoding them.
+    return len(text) * 4 > limit and len(text.encode()) > limit
+
+
 def _bytes(value: Any) -> int:
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str:
         # Most values are short ASCII: the length alone proves they fit.
         return len(value) if len(value) * 4 <= ATTRIBUTE_VALUE_BYTES else len(value.encode())
+    if kind is bool or kind is float or value is None:
+        return len(repr(value))  # at most 24 characters as JSON
+    if kind is int and value.bit_length() < 64:
+        return 20  # at most 20 digits with the sign
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
@@ -37,10 +47,10 @@ def problems(call: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """(field, message) for each limit the call exceeds."""
     for key in _IDENTIFIERS:
         value = call.get(key)
-        if isinstance(value, str) and len(value.encode()) > IDENTIFIER_BYTES:
+        if isinstance(value, str) and _over(value, IDENTIFIER_BYTES):
             yield key, f"{key} is {len(value.encode())} bytes; {TAKES} {IDENTIFIER_BYTES}"
     name = call.get("event")
-    if call.get("type") == "track" and isinstance(name, str) and len(name.encode()) > EVENT_NAME_BYTES:
+    if call.get("type") == "track" and isinstance(name, str) and _over(name, EVENT_NAME_BYTES):
         yield (
             "event",
             f"event name is {len(name.encode())} bytes; {TAKES} {EVENT_NAME_BYTES}",
@@ -55,7 +65,7 @@ def problems(call: dict[str, Any]) -> Iterator[tuple[str, str]]:
             f"{len(attributes)} attributes; {TAKES} {MAX_ATTRIBUTES} per call",
         )
     for key, value in attributes.items():
-        if len(key.encode()) > ATTRIBUTE_NAME_BYTES:
+        if _over(key, ATTRIBUTE_NAME_BYTES):
             yield (
                 f"{where}.{key[:40]}",
                 (f"attribute name is {len(key.encode())} bytes; {TAKES} {ATTRIBUTE_NAME_BYTES}"),
@@ -68,9 +78,42 @@ def problems(call: dict[str, Any]) -> Iterator[tuple[str, str]]:
             )
 
 
+def _short(value: Any, limit: int) -> bool:
+    return type(value) is not str or len(value) * 4 <= limit
+
+
+def _small(value: Any) -> bool:
+    kind = type(value)
+    if kind is str:
+        return len(value) * 4 <= ATTRIBUTE_VALUE_BYTES
+    return kind is bool or kind is float or value is None or (kind is int and value.bit_length() < 64)
+
+
+def _plainly_within(call: dict[str, Any]) -> bool:
+    """True when the call is obviously within every limit (short strings, numbers): the usual case,
+    decided without walking `problems`. False means `problems` must look."""
+    get = call.get
+    if not (
+        _short(get("userId"), IDENTIFIER_BYTES)
+        and _short(get("previousId"), IDENTIFIER_BYTES)
+        and _short(get("groupId"), IDENTIFIER_BYTES)
+        and _short(get("event"), EVENT_NAME_BYTES)
+    ):
+        return False
+    where = _ATTRIBUTES.get(get("type"))  # type: ignore[arg-type]
+    attributes = get(where) if where else None
+    if attributes is None:
+        return True
+    return (
+        type(attributes) is dict
+        and len(attributes) <= MAX_ATTRIBUTES
+        and all(len(key) * 4 <= ATTRIBUTE_NAME_BYTES and _small(value) for key, value in attributes.items())
+    )
+
+
 def check_limits(call: dict[str, Any], policy: str, prefix: str = "") -> None:
     """Raise InvalidRequest naming the field and the limit (policy `reject`), or log it (`warn`)."""
-    if policy == "off":
+    if policy == "off" or _plainly_within(call):
         return
     for field, message in problems(call):
         if policy == "reject":

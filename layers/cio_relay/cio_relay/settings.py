@@ -37,6 +37,7 @@ class Settings(BaseModel):
     idempotency_table: str | None = Field(None, alias="IDEMPOTENCY_TABLE")
     idempotency_ttl_seconds: int = Field(86_400, ge=60, alias="IDEMPOTENCY_TTL_SECONDS")
     email_send_concurrency: int = Field(10, ge=1, le=100, alias="EMAIL_SEND_CONCURRENCY")
+    events_send_concurrency: int = Field(4, ge=1, le=16, alias="EVENTS_SEND_CONCURRENCY")
     email_dedupe_window_seconds: int = Field(0, ge=0, le=2_592_000, alias="EMAIL_DEDUPE_WINDOW_SECONDS")
     email_on_ambiguous: Literal["resend", "dead_letter"] = Field("resend", alias="EMAIL_ON_AMBIGUOUS")
     retry_base_seconds: float = Field(30, ge=0, le=43_200, alias="RETRY_BASE_SECONDS")

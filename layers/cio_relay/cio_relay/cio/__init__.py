@@ -35,7 +35,7 @@ def build_customerio(settings: Settings, secret_reader: SecretReader | None = No
     transport = Transport(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
-        pool_size=settings.email_send_concurrency,
+        pool_size=max(settings.email_send_concurrency, settings.events_send_concurrency),
         observer=record_request,
     )
     credentials = CredentialsProvider(settings, secret_reader)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from cio_relay.errors import CustomerIOError
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """One call as the backend takes it: packed into a batch request (`alone` None), or sent on its own
-    to the path `alone`."""
+    to the path `alone`. (A tuple: one is made per call delivered.)"""
 
     body: bytes
     alone: str | None = None
