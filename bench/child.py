@@ -24,6 +24,7 @@ class ChildServer:
     def __init__(self, module: str, args: Sequence[str] = ()) -> None:
         self._command = [sys.executable, "-m", module, *args]
         self.url = ""
+        self.info: dict[str, str] = {}
         self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Self:
@@ -35,7 +36,8 @@ class ChildServer:
         line = self._proc.stdout.readline() if self._proc.stdout else ""
         if not line:
             raise RuntimeError(f"{' '.join(self._command[1:])} did not start")
-        self.url = str(json.loads(line)["url"])
+        self.info = {str(key): str(value) for key, value in json.loads(line).items()}
+        self.url = self.info["url"]
         return self
 
     def __exit__(

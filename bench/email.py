@@ -191,7 +191,7 @@ def measure(fake: FakeProcess, moto: MotoProcess, reps: int = 5, *, wired: bool 
     handler = load_function("email").lambda_handler
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in [*MODES, SDK_LABEL]}
     stack = contextlib.nullcontext() if wired else relay_stack(fake, moto)
-    with stack, SDKWorker(fake.url, BATCH) as sdk:
+    with stack, SDKWorker(fake.app_url, BATCH) as sdk:
         if sdk is None:
             found.notes.append("`customerio` SDK not measured: its venv could not be installed")
         else:

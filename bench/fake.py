@@ -1,4 +1,4 @@
-"""The fake Customer.io of tests/fakes, run in its own process, plus the Track API and request/event counts.
+"""The fake Customer.io (local_stack/customerio.py) in its own process, plus request/event counts.
 
 The fake runs in a separate process so that its work (parsing, validating, sleeping out the latency)
 is never counted in the CPU time or the GIL of the client being measured.
@@ -22,7 +22,6 @@ PIPELINES_KEY = "pk-bench-pipelines"
 APP_KEY = "app-bench-key"
 SITE_ID = "bench-site"
 TRACK_KEY = "bench-track-key"
-TRACK_API_PREFIX = "/api/v1/"
 CONTROL_PREFIX = "/__bench__/"
 DEFAULT_LATENCY = 0.025
 
@@ -60,7 +59,7 @@ def tally(records: list[RecordedRequest]) -> dict[str, dict[str, int]]:
 
 
 class BenchFake(FakeCustomerIO):
-    """FakeCustomerIO plus the Track API (`customerio` package: /api/v1/customers/...) and control calls.
+    """FakeCustomerIO plus control calls (on any of its listeners).
 
     Every answer leaves `latency` seconds after the request was read, whatever the fake spent checking
     it: FakeCustomerIO's own latency comes on top of its processing, which for a 1000-call /v1/batch is
@@ -80,6 +79,7 @@ class BenchFake(FakeCustomerIO):
 
     def _process(
         self,
+        api: str,
         method: str,
         path: str,
         query: dict[str, str],
@@ -93,23 +93,9 @@ class BenchFake(FakeCustomerIO):
             self.reset()
             return _Outcome(200, {}), None
         started = time.perf_counter()
-        if path.startswith(TRACK_API_PREFIX):
-            # Track API (PUT customers/{id}, POST customers/{id}/events): Basic site_id:track_api_key.
-            if self._pipelines_authorized(headers):
-                answer: tuple[_Outcome, Any] = (_Outcome(200, {}), _json_or_none(body))
-            else:
-                answer = (_Outcome(401, {"meta": {"error": "Unauthorized"}}), None)
-        else:
-            answer = super()._process(method, path, query, headers, body, strict)
+        answer = super()._process(api, method, path, query, headers, body, strict)
         time.sleep(max(0.0, self.response_latency - (time.perf_counter() - started)))
         return answer
-
-
-def _json_or_none(body: bytes) -> Any:
-    try:
-        return json.loads(body) if body else None
-    except ValueError:
-        return None
 
 
 class FakeProcess(ChildServer):
@@ -118,6 +104,18 @@ class FakeProcess(ChildServer):
     def __init__(self, latency: float = DEFAULT_LATENCY) -> None:
         super().__init__("bench.fake", ["--latency", str(latency)])
         self.latency = latency
+
+    @property
+    def pipelines_url(self) -> str:
+        return self.url
+
+    @property
+    def app_url(self) -> str:
+        return self.info["app_url"]
+
+    @property
+    def track_url(self) -> str:
+        return self.info["track_url"]
 
     def _control(self, name: str, method: str) -> dict[str, dict[str, int]]:
         request = urllib.request.Request(f"{self.url}{CONTROL_PREFIX}{name}", method=method, data=None)
@@ -139,7 +137,8 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=DEFAULT_LATENCY)
     args = parser.parse_args()
     with BenchFake(latency=args.latency) as fake:
-        print(json.dumps({"url": fake.url}), flush=True)
+        urls = {"url": fake.pipelines_url, "app_url": fake.app_url, "track_url": fake.track_url}
+        print(json.dumps(urls), flush=True)
         sys.stdin.read()
 
 

@@ -98,8 +98,9 @@ def relay_stack(fake: FakeProcess, moto: MotoProcess) -> Iterator[dict[str, str]
         env = {
             **aws,
             "CUSTOMERIO_SECRET_ID": stack.secret_arn,
-            "CUSTOMERIO_PIPELINES_URL": fake.url,
-            "CUSTOMERIO_APP_URL": fake.url,
+            "CUSTOMERIO_PIPELINES_URL": fake.pipelines_url,
+            "CUSTOMERIO_APP_URL": fake.app_url,
+            "CUSTOMERIO_TRACK_URL": fake.track_url,
             "EVENTS_QUEUE_URL": stack.events_queue_url,
             "EVENTS_DLQ_URL": stack.events_dlq_url,
             "EMAIL_QUEUE_URL": stack.email_queue_url,

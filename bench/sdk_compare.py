@@ -47,7 +47,9 @@ def workers(stack: contextlib.ExitStack, bench: Bench, notes: list[str]) -> dict
             notes.append(f"{key} SDK not measured: {problem}")
             continue
         for mode, max_events in modes[key]:
-            started[mode] = stack.enter_context(sdks.Worker(sdk, mode, bench.fake.url, max_events))
+            # The `customerio` package speaks the Track API, the CDP package the Pipelines API.
+            url = bench.fake.track_url if key == "customerio" else bench.fake.pipelines_url
+            started[mode] = stack.enter_context(sdks.Worker(sdk, mode, url, max_events))
     return started
 
 

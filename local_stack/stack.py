@@ -262,7 +262,7 @@ class LocalStack:
             options.chaos, options.chaos_paths, seed=options.seed, kinds=options.chaos_kinds
         )
         self.customerio_mode = "sandbox"
-        self.customerio_url = self.sandbox.url
+        self.customerio_url = self.sandbox.pipelines_url
         return {**keys, "region": "us"}
 
     def _provision(self, template: Template, credentials: dict[str, str]) -> Provisioner:
@@ -299,9 +299,9 @@ class LocalStack:
         if not self.options.verbose:
             env["POWERTOOLS_METRICS_DISABLED"] = "true"
         if self.sandbox is not None:
-            env["CUSTOMERIO_PIPELINES_URL"] = env["CUSTOMERIO_APP_URL"] = self.sandbox.url
+            env.update(self.sandbox.environment())
         else:
-            for name in ("CUSTOMERIO_PIPELINES_URL", "CUSTOMERIO_APP_URL"):
+            for name in ("CUSTOMERIO_PIPELINES_URL", "CUSTOMERIO_APP_URL", "CUSTOMERIO_TRACK_URL"):
                 if self._environ.get(name):
                     env[name] = self._environ[name]
         env.update(self.options.env)
@@ -351,6 +351,7 @@ class LocalStack:
                 "CUSTOMERIO_REGION",
                 "CUSTOMERIO_PIPELINES_URL",
                 "CUSTOMERIO_APP_URL",
+                "CUSTOMERIO_TRACK_URL",
                 "EVENTS_QUEUE_URL",
                 "EVENTS_DLQ_URL",
                 "EMAIL_QUEUE_URL",

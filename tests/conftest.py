@@ -38,6 +38,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "CUSTOMERIO_REGION",
         "CUSTOMERIO_PIPELINES_URL",
         "CUSTOMERIO_APP_URL",
+        "CUSTOMERIO_TRACK_URL",
         "CUSTOMERIO_PIPELINES_API_KEY",
         "CUSTOMERIO_SITE_ID",
         "CUSTOMERIO_TRACK_TOKEN",
@@ -73,7 +74,7 @@ def lambda_context() -> LambdaContext:
 
 @pytest.fixture
 def fake_cio() -> Iterator[FakeCustomerIO]:
-    """The fake Customer.io on 127.0.0.1 (both APIs), with the test keys."""
+    """The fake Customer.io on 127.0.0.1 (Pipelines, App and Track listeners), with the test keys."""
     with FakeCustomerIO(pipelines_api_key=PIPELINES_KEY, app_api_key=APP_KEY) as fake:
         yield fake
 
@@ -160,13 +161,13 @@ def aws() -> Iterator[None]:
 
 
 def wire_stack(
-    monkeypatch: pytest.MonkeyPatch, customerio_url: str, *, secret: dict[str, str] | None = None
+    monkeypatch: pytest.MonkeyPatch, customerio: FakeCustomerIO, *, secret: dict[str, str] | None = None
 ) -> Stack:
-    """Create the stack in moto and point the functions' environment at it and at `customerio_url`."""
+    """Create the stack in moto and point the functions' environment at it and at the fake's listeners."""
     created = create_stack(secret=secret)
     monkeypatch.setenv("CUSTOMERIO_SECRET_ID", created.secret_arn)
-    monkeypatch.setenv("CUSTOMERIO_PIPELINES_URL", customerio_url)
-    monkeypatch.setenv("CUSTOMERIO_APP_URL", customerio_url)
+    for name, url in customerio.environment().items():
+        monkeypatch.setenv(name, url)
     monkeypatch.setenv("EVENTS_QUEUE_URL", created.events_queue_url)
     monkeypatch.setenv("EVENTS_DLQ_URL", created.events_dlq_url)
     monkeypatch.setenv("EMAIL_QUEUE_URL", created.email_queue_url)
@@ -181,4 +182,4 @@ def wire_stack(
 @pytest.fixture
 def stack(aws: None, fake_cio: FakeCustomerIO, monkeypatch: pytest.MonkeyPatch) -> Stack:
     """moto resources + the fake Customer.io, wired into the environment the functions read."""
-    return wire_stack(monkeypatch, fake_cio.url)
+    return wire_stack(monkeypatch, fake_cio)

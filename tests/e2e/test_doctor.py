@@ -50,7 +50,9 @@ def secret_values(stack: LocalStack) -> list[str]:
 def test_doctor_with_the_stacks_own_secret_passes(stack: LocalStack) -> None:
     # GIVEN the environment `make run` prints for the operations CLI
     # WHEN doctor runs, with a connector check on the sandbox's segments endpoint
-    result = doctor(stack, "--check-url", f"{stack.customerio_url}/v1/segments")
+    assert stack.sandbox is not None
+    app_url = stack.sandbox.app_url
+    result = doctor(stack, "--check-url", f"{app_url}/v1/segments")
 
     # THEN every check passes and says what it proved
     assert result.returncode == 0, result.stdout + result.stderr
@@ -59,7 +61,7 @@ def test_doctor_with_the_stacks_own_secret_passes(stack: LocalStack) -> None:
     assert lines[-1] == "doctor: all 7 checks passed"
     assert "App API key accepted" in result.stdout
     assert "Pipelines key accepted" in result.stdout
-    assert f"✓ GET {stack.customerio_url}/v1/segments: 200 in" in result.stdout
+    assert f"✓ GET {app_url}/v1/segments: 200 in" in result.stdout
     for value in secret_values(stack):
         assert value not in result.stdout + result.stderr
 

@@ -155,9 +155,10 @@ def test_api_event_never_reaches_the_batch_processor(stack: Stack, lambda_contex
 def test_search_people_returns_customerio_answer_as_is(
     stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext
 ) -> None:
-    # GIVEN a people search with paging parameters
+    # GIVEN a people search with paging parameters: a cursor Customer.io handed out after the first person
     search = {"filter": {"and": [{"attribute": {"field": "plan", "operator": "eq", "value": "pro"}}]}}
-    event = api_event("POST", "/v1/customers", search, query={"start": "1", "limit": "2"})
+    cursor = fake_cio.workspace.search(search["filter"], "", 1)["next"]
+    event = api_event("POST", "/v1/customers", search, query={"start": cursor, "limit": "2"})
 
     # WHEN it is handled
     answer = call_api(event, lambda_context)
@@ -177,7 +178,7 @@ def test_search_people_returns_customerio_answer_as_is(
     assert (request.method, request.path, request.query) == (
         "POST",
         "/v1/customers",
-        {"start": "1", "limit": "2"},
+        {"start": cursor, "limit": "2"},
     )
     assert request.json == search
     assert request.headers["authorization"] == f"Bearer {APP_KEY}"

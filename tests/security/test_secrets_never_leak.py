@@ -66,7 +66,7 @@ class SecretStack:
 
 
 def wire(monkeypatch: pytest.MonkeyPatch, fake: FakeCustomerIO, secret: dict[str, str]) -> SecretStack:
-    stack = wire_stack(monkeypatch, fake.url, secret=secret)
+    stack = wire_stack(monkeypatch, fake, secret=secret)
     monkeypatch.setenv("CUSTOMERIO_READ_TIMEOUT", str(READ_TIMEOUT))
     reset_caches()
     return SecretStack(

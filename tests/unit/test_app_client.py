@@ -25,8 +25,8 @@ FILTER = {"and": [{"attribute": {"field": "plan", "operator": "eq", "value": "pr
 def app(fake_cio: FakeCustomerIO) -> AppClient:
     settings = load_settings(
         {
-            "CUSTOMERIO_PIPELINES_URL": fake_cio.url,
-            "CUSTOMERIO_APP_URL": fake_cio.url,
+            "CUSTOMERIO_PIPELINES_URL": fake_cio.pipelines_url,
+            "CUSTOMERIO_APP_URL": fake_cio.app_url,
             "CUSTOMERIO_PIPELINES_API_KEY": PIPELINES_KEY,
             "CUSTOMERIO_APP_TOKEN": APP_KEY,
         }
@@ -161,7 +161,7 @@ def test_send_email_invalid_is_rejected_before_any_request(
 def test_send_email_unknown_template_is_permanent() -> None:
     # GIVEN Customer.io does not know the template
     with FakeCustomerIO(pipelines_api_key=PIPELINES_KEY, app_api_key=APP_KEY, known_templates=[1]) as fake:
-        settings = load_settings({"CUSTOMERIO_APP_URL": fake.url, "CUSTOMERIO_APP_TOKEN": APP_KEY})
+        settings = load_settings({"CUSTOMERIO_APP_URL": fake.app_url, "CUSTOMERIO_APP_TOKEN": APP_KEY})
         app = build_customerio(settings).app
 
         # WHEN a send names another one
@@ -177,14 +177,16 @@ def test_send_email_unknown_template_is_permanent() -> None:
 
 
 def test_search_people_wire_format(app: AppClient, fake_cio: FakeCustomerIO) -> None:
-    # GIVEN three people at Customer.io
-    # WHEN one page is searched with start and limit
-    page = app.search_people(FILTER, start="1", limit=2)
+    # GIVEN three people at Customer.io, and the cursor Customer.io gave after the first
+    cursor = app.search_people(FILTER, limit=1)["next"]
 
-    # THEN POST /v1/customers?start=1&limit=2 carries {"filter": ...} with Bearer auth
-    (received,) = fake_cio.requests
+    # WHEN one page is searched with start and limit
+    page = app.search_people(FILTER, start=cursor, limit=2)
+
+    # THEN POST /v1/customers?start=<cursor>&limit=2 carries {"filter": ...} with Bearer auth
+    received = fake_cio.requests[1]
     assert (received.method, received.path) == ("POST", "/v1/customers")
-    assert received.query == {"start": "1", "limit": "2"}
+    assert received.query == {"start": cursor, "limit": "2"}
     assert_app_headers(received.headers)
     assert received.json == {"filter": FILTER}
     # AND the page comes back as Customer.io sent it
@@ -210,7 +212,10 @@ def test_search_people_limit_out_of_range_is_rejected_before_any_request(
 
 def test_iter_people_walks_every_page(app: AppClient, fake_cio: FakeCustomerIO) -> None:
     # GIVEN seven people and pages of three
-    fake_cio.people = [{"id": f"user-{i}", "email": f"p{i}@example.com", "cio_id": f"c{i}"} for i in range(7)]
+    fake_cio.people = [
+        {"id": f"user-{i}", "email": f"p{i}@example.com", "cio_id": f"c{i}", "attributes": {"plan": "pro"}}
+        for i in range(7)
+    ]
 
     # WHEN every person is iterated
     people = list(app.iter_people(FILTER, page_size=3))
@@ -218,11 +223,12 @@ def test_iter_people_walks_every_page(app: AppClient, fake_cio: FakeCustomerIO) 
     # THEN all seven come back in order, from three requests following `next` as `start`
     assert [p["id"] for p in people] == [f"user-{i}" for i in range(7)]
     assert people[0] == {"id": "user-0", "email": "p0@example.com", "cio_id": "c0"}
-    assert [r.query for r in fake_cio.requests] == [
-        {"limit": "3"},
-        {"start": "3", "limit": "3"},
-        {"start": "6", "limit": "3"},
-    ]
+    queries = [r.query for r in fake_cio.requests]
+    assert [q["limit"] for q in queries] == ["3", "3", "3"]
+    assert "start" not in queries[0]
+    assert queries[1]["start"]
+    assert queries[2]["start"]
+    assert queries[1]["start"] != queries[2]["start"]
     assert all(r.json == {"filter": FILTER} for r in fake_cio.requests)
 
 

@@ -41,7 +41,12 @@ def call(
     if auth:
         headers["Authorization"] = auth
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{fake.url}{path}", data=data, method=method, headers=headers)
+    base = fake.pipelines_url
+    if path.startswith("/api/"):
+        base = fake.track_url
+    elif path.startswith("/v1/send/"):
+        base = fake.app_url
+    request = urllib.request.Request(f"{base}{path}", data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=5) as answer:
             return int(answer.status)
@@ -50,7 +55,7 @@ def call(
 
 
 def stats(fake: BenchFake) -> dict[str, dict[str, int]]:
-    with urllib.request.urlopen(f"{fake.url}/__bench__/stats", timeout=5) as answer:
+    with urllib.request.urlopen(f"{fake.pipelines_url}/__bench__/stats", timeout=5) as answer:
         data: dict[str, dict[str, int]] = json.loads(answer.read())
     return data
 

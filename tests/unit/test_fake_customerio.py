@@ -27,8 +27,11 @@ def basic(user: str, password: str = "") -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+SITE_ID = "test-site-id"
+TRACK_KEY = "test-track-key"
 PIPELINES_AUTH = basic(PIPELINES_KEY)
 APP_AUTH = f"Bearer {APP_KEY}"
+TRACK_AUTH = basic(SITE_ID, TRACK_KEY)
 
 
 @dataclass
@@ -37,6 +40,15 @@ class Reply:
     headers: dict[str, str]
     body: Any
     raw: bytes
+
+
+def api_of(path: str) -> str:
+    """The listener a path belongs to: Track /api/..., App send/customers/segments, else Pipelines."""
+    if path.startswith("/api/"):
+        return "track"
+    if path.startswith(("/v1/send/", "/v1/customers", "/v1/segments")):
+        return "app"
+    return "pipelines"
 
 
 def send(
@@ -49,9 +61,11 @@ def send(
     raw: bytes | None = None,
     conn: http.client.HTTPConnection | None = None,
     timeout: float = 5.0,
+    api: str | None = None,
 ) -> Reply:
-    """One request with http.client (a fresh connection unless ``conn`` is given)."""
-    connection = conn or http.client.HTTPConnection(fake.host, fake.port, timeout=timeout)
+    """One request with http.client (a fresh connection unless ``conn`` is given) to ``path``'s listener."""
+    port = fake.port_of(api or api_of(path))
+    connection = conn or http.client.HTTPConnection(fake.host, port, timeout=timeout)
     try:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         all_headers = {"Content-Type": "application/json", **(headers or {})}
@@ -114,7 +128,7 @@ def valid_email(**overrides: Any) -> dict[str, Any]:
 
 def raw_exchange(fake: FakeCustomerIO, data: bytes, *, read: bool = True) -> bytes:
     """Send raw bytes on a socket and return whatever the server answers before closing."""
-    with socket.create_connection((fake.host, fake.port), timeout=5) as sock:
+    with socket.create_connection((fake.host, fake.pipelines_port), timeout=5) as sock:
         sock.sendall(data)
         if not read:
             return b""
@@ -136,30 +150,64 @@ def fake() -> Iterator[FakeCustomerIO]:
 # --- lifecycle ---------------------------------------------------------------------------------------
 
 
-def test_start_binds_an_ephemeral_port_on_localhost_and_stop_releases_it() -> None:
+def test_start_binds_one_ephemeral_port_per_api_on_localhost_and_stop_releases_them() -> None:
     # GIVEN a fake that was never started
     server = FakeCustomerIO()
     assert not server.running
 
     # WHEN it starts (as a context manager)
     with server as started:
-        # THEN it serves on 127.0.0.1 with a real port and one URL for both APIs
+        # THEN each API has its own listener on 127.0.0.1, and the relay's overrides point at them
         assert started is server
         assert server.running
-        assert server.port > 0
-        assert server.url == f"http://127.0.0.1:{server.port}"
-        assert server.pipelines_url == server.app_url == server.url
+        ports = {server.pipelines_port, server.app_port, server.track_port}
+        assert len(ports) == 3
+        assert server.pipelines_url == f"http://127.0.0.1:{server.pipelines_port}"
+        assert server.app_url == f"http://127.0.0.1:{server.app_port}"
+        assert server.track_url == f"http://127.0.0.1:{server.track_port}"
+        assert server.environment() == {
+            "CUSTOMERIO_PIPELINES_URL": server.pipelines_url,
+            "CUSTOMERIO_APP_URL": server.app_url,
+            "CUSTOMERIO_TRACK_URL": server.track_url,
+        }
+        assert not hasattr(server, "url")
         assert pipelines(server, "/v1/identify", {"userId": "u1"}).status == 200
 
     # THEN after the block it is stopped
     assert not server.running
 
 
-def test_stop_cuts_keep_alive_connections_and_start_again_reuses_the_port() -> None:
+@pytest.mark.parametrize(
+    ("path", "api", "auth"),
+    [
+        ("/v1/identify", "app", PIPELINES_AUTH),
+        ("/v1/batch", "track", PIPELINES_AUTH),
+        ("/v1/send/email", "pipelines", APP_AUTH),
+        ("/v1/customers", "track", APP_AUTH),
+        ("/api/v2/batch", "pipelines", TRACK_AUTH),
+        ("/api/v1/customers/u1", "app", TRACK_AUTH),
+    ],
+)
+def test_a_call_sent_to_another_apis_listener_is_404_and_never_accepted(
+    fake: FakeCustomerIO, path: str, api: str, auth: str
+) -> None:
+    # GIVEN a valid call with the right credentials for its API
+    # WHEN it is sent to the base URL of another API (a swapped CUSTOMERIO_*_URL)
+    reply = send(fake, "POST", path, {"userId": "u1"}, headers={"Authorization": auth}, api=api)
+
+    # THEN that listener does not know the path, and nothing was delivered anywhere
+    assert reply.status == 404
+    assert [(r.api, r.status) for r in fake.requests] == [(api, 404)]
+    assert fake.pipelines_calls() == []
+    assert fake.track_calls() == []
+    assert fake.emails == []
+
+
+def test_stop_cuts_keep_alive_connections_and_start_again_reuses_the_ports() -> None:
     # GIVEN a running fake and a client holding a keep-alive connection to it
     server = FakeCustomerIO().start()
-    port = server.port
-    conn = http.client.HTTPConnection(server.host, port, timeout=2)
+    ports = (server.pipelines_port, server.app_port, server.track_port)
+    conn = http.client.HTTPConnection(server.host, server.pipelines_port, timeout=2)
     assert pipelines(server, "/v1/identify", {"userId": "u1"}, conn=conn).status == 200
 
     # WHEN the fake stops
@@ -173,8 +221,8 @@ def test_stop_cuts_keep_alive_connections_and_start_again_reuses_the_port() -> N
     # WHEN it starts again
     server.start()
     try:
-        # THEN it listens on the same port and answers
-        assert server.port == port
+        # THEN it listens on the same ports and answers
+        assert (server.pipelines_port, server.app_port, server.track_port) == ports
         assert pipelines(server, "/v1/identify", {"userId": "u1"}).status == 200
     finally:
         server.stop()
@@ -192,7 +240,7 @@ def test_pipelines_accepts_basic_auth_with_the_api_key_and_an_empty_password(fak
     assert reply.status == 200
     assert reply.body == {}
     (record,) = fake.requests
-    assert record.status == 200
+    assert (record.api, record.status) == ("pipelines", 200)
     assert record.headers["authorization"] == PIPELINES_AUTH
     assert fake.pipelines_auth_header() == PIPELINES_AUTH
 
@@ -205,13 +253,13 @@ def test_pipelines_accepts_basic_auth_with_the_api_key_and_an_empty_password(fak
         basic(PIPELINES_KEY, "password"),
         f"Bearer {PIPELINES_KEY}",
         "Basic not-base64!!",
-        basic("site-1", "track-key"),
+        TRACK_AUTH,
     ],
-    ids=["missing", "wrong-key", "non-empty-password", "bearer", "garbage", "site-id-not-configured"],
+    ids=["missing", "wrong-key", "non-empty-password", "bearer", "garbage", "track-credentials"],
 )
 def test_pipelines_rejects_bad_credentials_with_401(fake: FakeCustomerIO, auth: str | None) -> None:
-    # GIVEN a fake configured with only a Pipelines key
-    # WHEN a call arrives with missing or wrong credentials
+    # GIVEN a fake that knows a Pipelines key and a Track site id + key
+    # WHEN a Pipelines call arrives with missing or wrong credentials (Track's are wrong here)
     reply = pipelines(fake, "/v1/identify", {"userId": "u1"}, auth=auth)
 
     # THEN it gets Customer.io's 401 body and nothing is accepted
@@ -221,34 +269,28 @@ def test_pipelines_rejects_bad_credentials_with_401(fake: FakeCustomerIO, auth: 
     assert fake.pipelines_calls() == []
 
 
-def test_pipelines_accepts_site_id_and_track_key_when_configured() -> None:
-    # GIVEN a fake with site_id + track_api_key and no Pipelines key
+def test_pipelines_refuses_track_credentials_even_without_a_pipelines_key() -> None:
+    # GIVEN a workspace with only Track credentials
     with FakeCustomerIO(pipelines_api_key=None, site_id="site-1", track_api_key="track-key") as server:
-        # WHEN calls arrive with the site pair and with a Pipelines-key style header
-        good = pipelines(
+        # WHEN a Pipelines call presents them
+        reply = pipelines(
             server, "/v1/track", {"userId": "u1", "event": "E"}, auth=basic("site-1", "track-key")
         )
-        bad = pipelines(server, "/v1/track", {"userId": "u1", "event": "E"}, auth=basic(PIPELINES_KEY))
 
-        # THEN only the site pair is accepted
-        assert (good.status, good.body) == (200, {})
-        assert bad.status == 401
-        assert server.pipelines_auth_header() == basic("site-1", "track-key")
-        assert [c["event"] for c in server.pipelines_calls()] == ["E"]
-
-
-def test_pipelines_accepts_either_credential_when_both_are_configured() -> None:
-    # GIVEN a fake with a Pipelines key and a site pair
-    with FakeCustomerIO(site_id="site-1", track_api_key="track-key") as server:
-        # WHEN both auth styles are used
-        replies = [
-            pipelines(server, "/v1/identify", {"userId": "u1"}, auth=basic(PIPELINES_KEY)),
-            pipelines(server, "/v1/identify", {"userId": "u2"}, auth=basic("site-1", "track-key")),
-        ]
-
-        # THEN both are accepted
-        assert [r.status for r in replies] == [200, 200]
-        assert [c["userId"] for c in server.pipelines_calls()] == ["u1", "u2"]
+        # THEN Pipelines answers 401, while the Track API takes the same credentials
+        assert reply.status == 401
+        assert server.pipelines_calls() == []
+        assert server.track_auth_header() == basic("site-1", "track-key")
+        with pytest.raises(RuntimeError, match="no Pipelines API key"):
+            server.pipelines_auth_header()
+        answer = send(
+            server,
+            "PUT",
+            "/api/v1/customers/u1",
+            {"plan": "pro"},
+            headers={"Authorization": basic("site-1", "track-key")},
+        )
+        assert answer.status == 200
 
 
 # --- strict vs permissive ----------------------------------------------------------------------------
@@ -408,27 +450,33 @@ def test_invalid_json_is_rejected_with_400(fake: FakeCustomerIO) -> None:
 # --- size limits -------------------------------------------------------------------------------------
 
 
-def test_single_call_over_32_kb_is_rejected_in_strict_mode(fake: FakeCustomerIO) -> None:
-    # GIVEN an identify call whose JSON is just over 32768 bytes
-    payload = {"userId": "u1", "traits": {"blob": "x" * 32_768}}
+def padded_traits(total: int) -> dict[str, str]:
+    """Traits within Journeys' limits (each value under 1000 bytes) adding up to about ``total`` bytes."""
+    return {f"t{i:03d}": "x" * 900 for i in range(total // 900 + 1)}
+
+
+def test_single_call_over_32_kb_gets_200_and_is_dropped_strict_or_not(fake: FakeCustomerIO) -> None:
+    # GIVEN an identify call whose JSON is over 32768 bytes (every trait within Journeys' limits)
+    payload = {"userId": "u1", "traits": padded_traits(33_000)}
 
     # WHEN it is sent strict and permissive
     strict = pipelines(fake, "/v1/identify", payload)
     permissive = pipelines(fake, "/v1/identify", payload, strict=False)
 
-    # THEN strict gets a 400 size message, permissive a 200 that drops it
-    assert strict.status == 400
-    (message,) = strict.body["meta"]["errors"]
-    assert "the limit is 32768 bytes" in message
-    assert (permissive.status, permissive.body) == (200, {})
-    assert fake.requests[1].dropped is True
+    # THEN both get Customer.io's 200 {} and neither goes through: a relay cannot rely on a 400
+    assert [(r.status, r.body) for r in (strict, permissive)] == [(200, {})] * 2
+    assert [r.dropped for r in fake.requests] == [True, True]
+    assert "the limit is 32768 bytes" in (fake.requests[0].error or "")
     assert fake.pipelines_calls(strict_only=False) == []
+    assert fake.dropped == fake.requests
+    assert fake.workspace.find("id", "u1") is None
 
 
 def test_call_of_exactly_32_kb_is_accepted(fake: FakeCustomerIO) -> None:
     # GIVEN an identify body of exactly 32768 bytes
-    base = json.dumps({"userId": "u1", "traits": {"blob": ""}}).encode()
-    body = json.dumps({"userId": "u1", "traits": {"blob": "x" * (32_768 - len(base))}}).encode()
+    traits = padded_traits(31_000)
+    base = json.dumps({"userId": "u1", "traits": {**traits, "last": ""}}).encode()
+    body = json.dumps({"userId": "u1", "traits": {**traits, "last": "x" * (32_768 - len(base))}}).encode()
     assert len(body) == 32_768
 
     # WHEN it is sent
@@ -436,43 +484,90 @@ def test_call_of_exactly_32_kb_is_accepted(fake: FakeCustomerIO) -> None:
 
     # THEN it is accepted
     assert reply.status == 200
+    assert [c["userId"] for c in fake.pipelines_calls()] == ["u1"]
 
 
-def test_batch_item_over_32_kb_is_rejected(fake: FakeCustomerIO) -> None:
+def test_batch_item_over_32_kb_is_dropped_alone_with_a_200(fake: FakeCustomerIO) -> None:
     # GIVEN a batch under 500 KB whose second item is over 32 KB
-    big = {"type": "identify", "userId": "u2", "traits": {"blob": "x" * 40_000}}
-    payload = {"batch": [{"type": "identify", "userId": "u1"}, big]}
+    big = {"type": "identify", "userId": "u2", "traits": padded_traits(40_000)}
+    payload = {"batch": [{"type": "identify", "userId": "u1"}, big, {"type": "identify", "userId": "u3"}]}
 
     # WHEN it is sent
     reply = pipelines(fake, "/v1/batch", payload)
 
-    # THEN the item is named in the 400
-    assert reply.status == 400
-    (message,) = reply.body["meta"]["errors"]
-    assert message.startswith("batch[1] is ")
-    assert "the limit is 32768 bytes per call" in message
+    # THEN Customer.io answers 200 and only the over-size item is lost
+    assert (reply.status, reply.body) == (200, {})
+    (record,) = fake.requests
+    assert record.rejected == frozenset({1})
+    assert "batch[1] is " in (record.error or "")
+    assert "the limit is 32768 bytes per call" in (record.error or "")
+    assert [c["userId"] for c in fake.pipelines_calls()] == ["u1", "u3"]
+    assert fake.dropped == [record]
 
 
-def test_batch_over_500_kb_is_rejected(fake: FakeCustomerIO) -> None:
+def test_batch_over_500_kb_gets_200_and_is_dropped(fake: FakeCustomerIO) -> None:
     # GIVEN a batch of small valid items totalling more than 500000 bytes
-    items = [{"type": "identify", "userId": f"u{i}", "traits": {"pad": "x" * 1000}} for i in range(520)]
+    items = [{"type": "identify", "userId": f"u{i}", "traits": {"pad": "x" * 900}} for i in range(560)]
     body = json.dumps({"batch": items}).encode()
     assert len(body) > 500_000
 
     # WHEN it is sent
     reply = pipelines(fake, "/v1/batch", raw=body)
 
-    # THEN it gets a 400 with the batch size message and nothing is accepted
-    assert reply.status == 400
-    assert reply.body == {
-        "meta": {"errors": [f"batch request body is {len(body)} bytes; the limit is 500000 bytes"]}
-    }
+    # THEN it gets 200 {} and nothing is accepted
+    assert (reply.status, reply.body) == (200, {})
+    assert fake.requests[0].dropped
+    assert f"batch request body is {len(body)} bytes; the limit is 500000 bytes" in (
+        fake.requests[0].error or ""
+    )
     assert fake.pipelines_calls() == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"userId": "u" * 151}, "identifier is 151 bytes"),
+        ({"userId": "u1", "traits": {"bio": "x" * 1001}}, "attribute bio is 1001 bytes"),
+        ({"userId": "u1", "traits": {f"a{i}": i for i in range(301)}}, "301 attributes"),
+    ],
+    ids=["identifier", "attribute-value", "attribute-count"],
+)
+def test_identify_over_journeys_limits_gets_200_and_is_dropped(
+    fake: FakeCustomerIO, payload: dict[str, Any], reason: str
+) -> None:
+    # GIVEN an identify call over one of Journeys' limits
+    # WHEN it is sent strict
+    reply = pipelines(fake, "/v1/identify", payload)
+
+    # THEN Pipelines takes it (200) but the workspace never sees it
+    assert (reply.status, reply.body) == (200, {})
+    assert fake.requests[0].dropped
+    assert reason in (fake.requests[0].error or "")
+    assert fake.pipelines_calls() == []
+
+
+def test_event_name_over_100_bytes_is_dropped_in_a_batch_and_the_rest_kept(fake: FakeCustomerIO) -> None:
+    # GIVEN a batch whose first track call has a 101-byte event name
+    payload = {
+        "batch": [
+            {"type": "track", "userId": "u1", "event": "e" * 101},
+            {"type": "track", "userId": "u1", "event": "Signed Up"},
+        ]
+    }
+
+    # WHEN it is sent
+    reply = pipelines(fake, "/v1/batch", payload)
+
+    # THEN 200, the long-named event is lost and the other kept
+    assert reply.status == 200
+    assert fake.requests[0].rejected == frozenset({0})
+    assert "event name is 101 bytes" in (fake.requests[0].error or "")
+    assert [c["event"] for c in fake.pipelines_calls()] == ["Signed Up"]
 
 
 def test_body_over_4_mb_gets_413_and_the_connection_stays_usable(fake: FakeCustomerIO) -> None:
     # GIVEN one keep-alive connection and a body over 4 MB
-    conn = http.client.HTTPConnection(fake.host, fake.port, timeout=10)
+    conn = http.client.HTTPConnection(fake.host, fake.pipelines_port, timeout=10)
     body = b"x" * (4 * 1024 * 1024 + 1)
     try:
         # WHEN it is posted, then a normal call follows on the same connection
@@ -545,7 +640,7 @@ def test_gzip_and_chunked_bodies_are_decoded(fake: FakeCustomerIO) -> None:
 
     # WHEN it is sent, and a chunked identify follows
     zipped = pipelines(fake, "/v1/batch", raw=compressed, headers={"Content-Encoding": "gzip"})
-    conn = http.client.HTTPConnection(fake.host, fake.port, timeout=5)
+    conn = http.client.HTTPConnection(fake.host, fake.pipelines_port, timeout=5)
     try:
         conn.request(
             "POST",
@@ -690,8 +785,9 @@ def test_send_email_accepts_15_recipients_with_display_names_and_valid_extras(fa
         ),
         ({"message_data": "name=Ada"}, None, "message_data must be an object"),
         ({"attachments": ["a.txt"]}, None, "attachments must be an object of filename to base64 content"),
-        ({"attachments": {"a.txt": "not base64!"}}, None, "attachment a.txt is not valid base64"),
-        ({"attachments": {"a.txt": 12}}, None, "attachment a.txt must be a base64 string"),
+        ({"attachments": {"a.txt": "not base64!"}}, None, "Attachment must be base64 encoded"),
+        ({"attachments": {"a.txt": 12}}, None, "Attachment must be base64 encoded"),
+        ({"attachments": {"README": "QQ=="}}, None, "attachment README needs a file extension"),
         ({"send_at": "tomorrow"}, None, "send_at must be a unix timestamp (integer seconds)"),
     ],
 )
@@ -713,7 +809,7 @@ def test_send_email_validation(
     assert fake.requests[0].error == message
 
 
-def test_send_email_rejects_attachments_of_2_mb_or_more(fake: FakeCustomerIO) -> None:
+def test_send_email_answers_413_to_attachments_of_2_mb_or_more(fake: FakeCustomerIO) -> None:
     # GIVEN attachments whose base64 adds up to exactly 2 MB
     half = "A" * (1024 * 1024)
     payload = valid_email(attachments={"a.bin": half, "b.bin": half})
@@ -721,9 +817,24 @@ def test_send_email_rejects_attachments_of_2_mb_or_more(fake: FakeCustomerIO) ->
     # WHEN it is sent
     reply = app(fake, "POST", "/v1/send/email", payload)
 
-    # THEN it is rejected with a size message
-    assert reply.status == 400
-    assert "smaller than 2 MB" in reply.body["meta"]["error"]
+    # THEN Customer.io's 413 answers it and nothing is sent
+    assert reply.status == 413
+    assert reply.body == {"meta": {"error": "Total attachment size exceeds the limit"}}
+    assert fake.emails == []
+
+
+@pytest.mark.parametrize("filename", ["setup.exe", "invoice.PDF.js", "macro.vbs", "run.BAT"])
+def test_send_email_answers_403_to_a_forbidden_attachment_type(fake: FakeCustomerIO, filename: str) -> None:
+    # GIVEN an attachment of a type Customer.io refuses, beside an allowed one
+    payload = valid_email(attachments={"ok.pdf": "QQ==", filename: "QQ=="})
+
+    # WHEN it is sent with a valid App key
+    reply = app(fake, "POST", "/v1/send/email", payload)
+
+    # THEN 403 "Forbidden file type": a refusal of the content, not of the key
+    assert reply.status == 403
+    assert reply.body == {"meta": {"error": "Forbidden file type"}}
+    assert fake.emails == []
 
 
 def test_send_email_rejects_send_at_more_than_90_days_ahead(fake: FakeCustomerIO) -> None:
@@ -769,31 +880,41 @@ def test_known_templates_reject_unknown_transactional_message_ids() -> None:
 # --- App API: people search and segments -------------------------------------------------------------
 
 
-def test_people_search_paginates_with_next_tokens(fake: FakeCustomerIO) -> None:
-    # GIVEN five people
-    fake.people = [{"id": f"p{i}", "email": f"p{i}@example.com", "cio_id": f"c{i}"} for i in range(5)]
-    query = {"filter": {"segment": {"id": 1}}}
+def search(fake: FakeCustomerIO, filter_: Any, query: str = "") -> Reply:
+    return app(fake, "POST", "/v1/customers" + query, {"filter": filter_})
 
-    # WHEN pages of two are fetched by following `next`
+
+def test_people_search_pages_with_opaque_next_cursors(fake: FakeCustomerIO) -> None:
+    # GIVEN five people in segment 1 and one outside it
+    fake.people = [
+        *(
+            {"id": f"p{i}", "email": f"p{i}@example.com", "cio_id": f"c{i}", "segments": [1]}
+            for i in range(5)
+        ),
+        {"id": "outsider", "email": "o@example.com", "cio_id": "co"},
+    ]
+
+    # WHEN pages of two are fetched by following `next` as `start`
     pages: list[dict[str, Any]] = []
     start = ""
     while True:
-        path = "/v1/customers?limit=2" + (f"&start={start}" if start else "")
-        reply = app(fake, "POST", path, query)
+        reply = search(fake, {"segment": {"id": 1}}, "?limit=2" + (f"&start={start}" if start else ""))
         assert reply.status == 200
         pages.append(reply.body)
         start = reply.body["next"]
         if not start:
             break
 
-    # THEN three pages cover everyone once, and the last `next` is empty
+    # THEN three pages cover the segment once, and the last `next` is empty
     assert [page["ids"] for page in pages] == [["p0", "p1"], ["p2", "p3"], ["p4"]]
     assert pages[0]["identifiers"] == [
         {"email": "p0@example.com", "id": "p0", "cio_id": "c0"},
         {"email": "p1@example.com", "id": "p1", "cio_id": "c1"},
     ]
-    assert [page["next"] for page in pages] == ["2", "4", ""]
-    assert fake.requests_to("/v1/customers")[1].query == {"limit": "2", "start": "2"}
+    # AND the cursors are opaque: not offsets a client could compute
+    cursors = [page["next"] for page in pages[:2]]
+    assert all(cursor and not cursor.isdigit() for cursor in cursors)
+    assert search(fake, {"segment": {"id": 1}}, "?limit=2&start=2").status == 400
 
 
 def test_people_search_defaults_to_50_per_page(fake: FakeCustomerIO) -> None:
@@ -801,12 +922,77 @@ def test_people_search_defaults_to_50_per_page(fake: FakeCustomerIO) -> None:
     fake.people = [{"id": f"p{i}", "email": None, "cio_id": f"c{i}"} for i in range(120)]
 
     # WHEN searching without limit
-    reply = app(fake, "POST", "/v1/customers", {"filter": {"and": []}})
+    reply = search(fake, {"attribute": {"field": "id", "operator": "exists"}})
 
-    # THEN 50 come back and `next` points at the 51st
+    # THEN 50 come back with a cursor to the rest
     assert reply.status == 200
     assert len(reply.body["identifiers"]) == 50
-    assert reply.body["next"] == "50"
+    following = search(
+        fake, {"attribute": {"field": "id", "operator": "exists"}}, f"?start={reply.body['next']}"
+    )
+    assert following.body["ids"][0] == "p50"
+
+
+@pytest.mark.parametrize(
+    ("filter_", "found"),
+    [
+        ({"attribute": {"field": "plan", "operator": "eq", "value": "pro"}}, ["ada", "grace"]),
+        ({"attribute": {"field": "plan", "operator": "eq", "value": "PRO"}}, ["ada", "grace"]),
+        ({"attribute": {"field": "vip", "operator": "eq", "value": "true"}}, ["grace"]),
+        ({"attribute": {"field": "age", "operator": "eq", "value": "36"}}, ["ada"]),
+        ({"attribute": {"field": "plan", "operator": "exists"}}, ["ada", "grace", "alan"]),
+        ({"attribute": {"field": "email", "operator": "eq", "value": "Alan@Example.com"}}, ["alan"]),
+        ({"segment": {"id": 7}}, ["alan"]),
+        ({"not": {"segment": {"id": 7}}}, ["ada", "grace", "nobody"]),
+        (
+            {
+                "and": [
+                    {"attribute": {"field": "plan", "operator": "eq", "value": "pro"}},
+                    {"not": {"attribute": {"field": "vip", "operator": "exists"}}},
+                ]
+            },
+            ["ada"],
+        ),
+        (
+            {
+                "or": [
+                    {"segment": {"id": 7}},
+                    {"attribute": {"field": "vip", "operator": "eq", "value": True}},
+                ]
+            },
+            ["grace", "alan"],
+        ),
+    ],
+    ids=[
+        "eq",
+        "eq-ignores-case",
+        "eq-bool-as-text",
+        "eq-number",
+        "exists",
+        "eq-email",
+        "segment",
+        "not",
+        "and",
+        "or",
+    ],
+)
+def test_people_search_evaluates_customerio_filters(
+    fake: FakeCustomerIO, filter_: Any, found: list[str]
+) -> None:
+    # GIVEN four people with attributes and segments
+    fake.people = [
+        {"id": "ada", "email": "ada@example.com", "attributes": {"plan": "pro", "age": 36}},
+        {"id": "grace", "email": "grace@example.com", "attributes": {"plan": "pro", "vip": True}},
+        {"id": "alan", "email": "alan@example.com", "attributes": {"plan": "free"}, "segments": [7]},
+        {"id": "nobody", "email": None},
+    ]
+
+    # WHEN searching with the filter
+    reply = search(fake, filter_, "?limit=1000")
+
+    # THEN exactly the matching people come back, in workspace order
+    assert reply.status == 200
+    assert reply.body["ids"] == found
 
 
 @pytest.mark.parametrize(
@@ -815,10 +1001,29 @@ def test_people_search_defaults_to_50_per_page(fake: FakeCustomerIO) -> None:
         ("?limit=0", {"filter": {}}, "limit must be an integer between 1 and 1000"),
         ("?limit=1001", {"filter": {}}, "limit must be an integer between 1 and 1000"),
         ("?limit=ten", {"filter": {}}, "limit must be an integer between 1 and 1000"),
-        ("?start=abc", {"filter": {}}, "start is not a valid pagination token"),
+        ("?start=abc", {"filter": {"segment": {"id": 1}}}, "start is not a valid pagination token"),
         ("", {}, "filter is required and must be an object"),
         ("", {"filter": "email = x"}, "filter is required and must be an object"),
         ("", [], "filter is required and must be an object"),
+        ("", {"filter": {}}, "filter must have exactly one of and, or, not, segment, attribute, got 0"),
+        (
+            "",
+            {"filter": {"segment": {"id": 1}, "attribute": {"field": "a", "operator": "exists"}}},
+            "filter must have exactly one of and, or, not, segment, attribute, got 2",
+        ),
+        ("", {"filter": {"email": "x"}}, "filter has an unknown property 'email'"),
+        ("", {"filter": {"and": []}}, "filter.and must be a non-empty array of conditions"),
+        ("", {"filter": {"segment": {"id": "1"}}}, "filter.segment.id must be an integer"),
+        (
+            "",
+            {"filter": {"attribute": {"field": "plan", "operator": "gt", "value": "1"}}},
+            "filter.attribute.operator must be one of eq, exists",
+        ),
+        (
+            "",
+            {"filter": {"or": [{"attribute": {"field": "plan", "operator": "eq"}}]}},
+            "filter.or[0].attribute.value is required with the eq operator",
+        ),
     ],
 )
 def test_people_search_validation(fake: FakeCustomerIO, query: str, payload: Any, message: str) -> None:
@@ -828,20 +1033,54 @@ def test_people_search_validation(fake: FakeCustomerIO, query: str, payload: Any
 
     # THEN it gets a 400 naming the problem
     assert reply.status == 400
-    assert reply.body == {"meta": {"error": message}}
+    assert reply.body["meta"]["error"].startswith(message)
 
 
 def test_people_search_accepts_limit_1000_and_requires_auth(fake: FakeCustomerIO) -> None:
     # GIVEN the default people
     # WHEN searching with limit=1000, then without auth
-    ok = app(fake, "POST", "/v1/customers?limit=1000", {"filter": {"segment": {"id": 1}}})
-    denied = app(fake, "POST", "/v1/customers", {"filter": {}}, auth=None)
+    ok = search(fake, {"attribute": {"field": "id", "operator": "exists"}}, "?limit=1000")
+    denied = app(fake, "POST", "/v1/customers", {"filter": {"segment": {"id": 1}}}, auth=None)
 
     # THEN the first returns everyone, the second 401
     assert ok.status == 200
     assert ok.body["ids"] == [p["id"] for p in fake.people]
     assert ok.body["next"] == ""
     assert (denied.status, denied.body) == (401, {"meta": {"error": "Unauthorized"}})
+
+
+def test_people_identified_through_pipelines_and_track_are_found_and_deleted_ones_are_not(
+    fake: FakeCustomerIO,
+) -> None:
+    # GIVEN people identified through Pipelines and through Track v1 and v2
+    pipelines(fake, "/v1/identify", {"userId": "p-1", "traits": {"email": "p1@example.com", "plan": "team"}})
+    send(
+        fake,
+        "PUT",
+        "/api/v1/customers/t-1",
+        {"email": "t1@example.com", "plan": "team"},
+        headers={"Authorization": TRACK_AUTH},
+    )
+    v2 = {
+        "type": "person",
+        "identifiers": {"id": "t-2"},
+        "action": "identify",
+        "attributes": {"plan": "team"},
+    }
+    send(fake, "POST", "/api/v2/batch", {"batch": [v2]}, headers={"Authorization": TRACK_AUTH})
+    team = {"attribute": {"field": "plan", "operator": "eq", "value": "team"}}
+    assert search(fake, team).body["ids"] == ["p-1", "t-1", "t-2"]
+    assert search(fake, team).body["identifiers"][0]["email"] == "p1@example.com"
+
+    # WHEN one is deleted through Pipelines' "User Deleted", one by Track's DELETE, one by a v2 delete
+    pipelines(fake, "/v1/track", {"userId": "p-1", "event": "User Deleted"})
+    send(fake, "DELETE", "/api/v1/customers/t1%40example.com", headers={"Authorization": TRACK_AUTH})
+    gone = {"type": "person", "identifiers": {"id": "t-2"}, "action": "delete"}
+    send(fake, "POST", "/api/v2/entity", gone, headers={"Authorization": TRACK_AUTH})
+
+    # THEN search no longer finds them
+    assert search(fake, team).body["ids"] == []
+    assert [p["id"] for p in fake.workspace.deleted] == ["p-1", "t-1", "t-2"]
 
 
 def test_segments_lists_fake_segments_in_customerio_shape(fake: FakeCustomerIO) -> None:
@@ -892,14 +1131,17 @@ def test_segments_can_be_replaced_by_tests_and_need_auth(fake: FakeCustomerIO) -
         ("DELETE", "/v1/customers"),
         ("POST", "/v1/segments"),
         ("POST", "/v2/batch"),
-        ("PUT", "/api/v1/customers/user-1"),
+        ("GET", "/api/v1/customers/user-1"),
+        ("POST", "/api/v1/customers/"),
+        ("PUT", "/api/v3/entity"),
         ("GET", "/"),
     ],
 )
 def test_unknown_path_or_method_is_404(fake: FakeCustomerIO, method: str, path: str) -> None:
     # GIVEN a route Customer.io (as faked) does not have
-    # WHEN it is requested with valid credentials
-    reply = send(fake, method, path, {}, headers={"Authorization": APP_AUTH})
+    # WHEN it is requested with valid credentials for its listener
+    auth = TRACK_AUTH if api_of(path) == "track" else APP_AUTH
+    reply = send(fake, method, path, {}, headers={"Authorization": auth})
 
     # THEN it is 404 and recorded
     assert reply.status == 404
@@ -919,9 +1161,9 @@ def test_429_fault_uses_customerio_body_and_is_consumed_once(fake: FakeCustomerI
     first = pipelines(fake, "/v1/batch", payload)
     second = pipelines(fake, "/v1/batch", payload)
 
-    # THEN the first gets the rate-limit body without Retry-After, the second passes
+    # THEN the first gets a rate-limit body without Retry-After, the second passes
     assert first.status == 429
-    assert first.body == {"meta": {"error": "Your request is over the 10-per-second limit."}}
+    assert first.body == {"meta": {"errors": ["rate limited"]}}
     assert "retry-after" not in first.headers
     assert second.status == 200
     assert [(r.status, r.fault) for r in fake.requests] == [(429, "429"), (200, None)]
@@ -936,9 +1178,12 @@ def test_429_with_retry_after_sets_the_header(fake: FakeCustomerIO) -> None:
     # WHEN a send arrives
     reply = app(fake, "POST", "/v1/send/email", valid_email())
 
-    # THEN the header is present and no email is recorded
+    # THEN the App API's 429: its errors body and the header; no email is recorded
     assert reply.status == 429
     assert reply.headers["retry-after"] == "3"
+    (error,) = reply.body["errors"]
+    assert error["status"] == "429"
+    assert error["detail"].startswith("rate limited to 10 requests per 1s (reference ")
     assert fake.emails == []
     assert fake.faults_injected == {"429-retry-after": 1}
 
@@ -1025,7 +1270,7 @@ def test_drop_fault_closes_the_connection_without_a_response(fake: FakeCustomerI
 def test_drop_fault_surfaces_as_protocol_error_in_urllib3(fake: FakeCustomerIO) -> None:
     # GIVEN a drop fault and a urllib3 pool without retries
     fake.fail("/v1/send/email", Fault(drop=True))
-    pool = urllib3.HTTPConnectionPool(fake.host, fake.port, retries=False, timeout=5.0)
+    pool = urllib3.HTTPConnectionPool(fake.host, fake.pipelines_port, retries=False, timeout=5.0)
 
     # WHEN a send is posted
     # THEN urllib3 raises a ProtocolError (connection aborted)
@@ -1039,7 +1284,7 @@ def test_delay_fault_triggers_client_read_timeout_and_is_still_accepted(fake: Fa
     # GIVEN a slow-only fault longer than the client's read timeout
     fake.fail("/v1/identify", Fault.slow(3.0))
     pool = urllib3.HTTPConnectionPool(
-        fake.host, fake.port, retries=False, timeout=urllib3.Timeout(connect=2.0, read=0.2)
+        fake.host, fake.pipelines_port, retries=False, timeout=urllib3.Timeout(connect=2.0, read=0.2)
     )
     headers = {"Authorization": PIPELINES_AUTH, "X-Strict-Mode": "1"}
 
@@ -1195,6 +1440,7 @@ def test_reset_clears_records_and_faults_but_keeps_configuration() -> None:
         server.people = [{"id": "only", "email": "only@example.com", "cio_id": "c"}]
         app(server, "POST", "/v1/send/email", valid_email(transactional_message_id=1))
         pipelines(server, "/v1/identify", {"userId": "u1"})
+        assert server.workspace.find("id", "u1") is not None
         server.fail("/v1/batch", Fault(status=500))
         server.chaos(1.0, kinds=("500",))
         server.outage(True)
@@ -1203,14 +1449,15 @@ def test_reset_clears_records_and_faults_but_keeps_configuration() -> None:
         # WHEN it is reset
         server.reset()
 
-        # THEN records, counters and faults are gone; configuration is kept
+        # THEN records, counters, faults and people identified since are gone; configuration is kept
+        assert server.workspace.find("id", "u1") is None
         assert server.requests == []
         assert server.emails == []
         assert server.faults_injected == {}
         assert server.pending_faults() == 0
         assert pipelines(server, "/v1/batch", {"batch": [{"type": "identify", "userId": "u1"}]}).status == 200
         assert app(server, "POST", "/v1/send/email", valid_email(transactional_message_id=2)).status == 400
-        assert server.people == [{"id": "only", "email": "only@example.com", "cio_id": "c"}]
+        assert server.people[0] == {"id": "only", "email": "only@example.com", "cio_id": "c"}
 
 
 # --- transport behaviour -----------------------------------------------------------------------------
@@ -1218,12 +1465,13 @@ def test_reset_clears_records_and_faults_but_keeps_configuration() -> None:
 
 def test_keep_alive_reuses_one_connection_for_several_requests(fake: FakeCustomerIO) -> None:
     # GIVEN one http.client connection
-    conn = http.client.HTTPConnection(fake.host, fake.port, timeout=5)
+    conn = http.client.HTTPConnection(fake.host, fake.pipelines_port, timeout=5)
     try:
-        # WHEN two requests (Pipelines then App) go over it
+        # WHEN two requests go over it
         first = pipelines(fake, "/v1/identify", {"userId": "u1"}, conn=conn)
         sock = conn.sock
-        conn.request("GET", "/v1/segments", headers={"Authorization": APP_AUTH})
+        headers = {"Authorization": PIPELINES_AUTH, "X-Strict-Mode": "1"}
+        conn.request("POST", "/v1/batch", body=b"{}", headers=headers)
         response = conn.getresponse()
         body = json.loads(response.read())
 
@@ -1231,7 +1479,7 @@ def test_keep_alive_reuses_one_connection_for_several_requests(fake: FakeCustome
         assert first.status == 200
         assert sock is not None
         assert conn.sock is sock
-        assert response.status == 200
+        assert response.status == 400
         assert response.version == 11
         assert response.getheader("Content-Length") == str(len(json.dumps(body, separators=(",", ":"))))
         assert response.getheader("Connection") is None
@@ -1242,7 +1490,9 @@ def test_keep_alive_reuses_one_connection_for_several_requests(fake: FakeCustome
 
 def test_urllib3_pool_uses_a_single_connection(fake: FakeCustomerIO) -> None:
     # GIVEN a urllib3 pool of size one
-    pool = urllib3.HTTPConnectionPool(fake.host, fake.port, maxsize=1, block=True, retries=False, timeout=5.0)
+    pool = urllib3.HTTPConnectionPool(
+        fake.host, fake.pipelines_port, maxsize=1, block=True, retries=False, timeout=5.0
+    )
     headers = {"Authorization": PIPELINES_AUTH, "X-Strict-Mode": "1"}
 
     # WHEN five calls are made
@@ -1273,7 +1523,7 @@ def test_concurrent_clients_are_all_recorded(fake: FakeCustomerIO) -> None:
     errors: list[BaseException] = []
 
     def client(worker: int) -> None:
-        conn = http.client.HTTPConnection(fake.host, fake.port, timeout=10)
+        conn = http.client.HTTPConnection(fake.host, fake.pipelines_port, timeout=10)
         try:
             for i in range(25):
                 payload = {"userId": f"w{worker}", "event": "E", "messageId": str(uuid.uuid4()), "n": i}
@@ -1355,7 +1605,7 @@ def test_client_disconnect_mid_body_does_not_break_the_server(fake: FakeCustomer
 def test_client_disconnect_during_slow_response_does_not_break_the_server(fake: FakeCustomerIO) -> None:
     # GIVEN a slow answer and a client that gives up early
     fake.fail("/v1/identify", Fault(status=500, delay=0.3))
-    conn = http.client.HTTPConnection(fake.host, fake.port, timeout=0.05)
+    conn = http.client.HTTPConnection(fake.host, fake.pipelines_port, timeout=0.05)
     with pytest.raises(TimeoutError):
         pipelines(fake, "/v1/identify", {"userId": "u1"}, conn=conn)
     conn.close()
@@ -1415,3 +1665,321 @@ def test_inspection_helpers_return_copies(fake: FakeCustomerIO) -> None:
     assert fake.request_count == 2
     assert len(fake.emails) == 1
     assert fake.faults_injected == {}
+
+
+# --- Track API ---------------------------------------------------------------------------------------
+
+ULID = "01HZX3K4M5N6P7Q8R9S0T1V2W3"
+
+
+def track(
+    fake: FakeCustomerIO, method: str, path: str, payload: Any = None, *, auth: str | None = TRACK_AUTH
+) -> Reply:
+    return send(fake, method, path, payload, headers={"Authorization": auth} if auth else {})
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [None, PIPELINES_AUTH, basic(SITE_ID, "wrong"), f"Bearer {TRACK_KEY}", APP_AUTH],
+    ids=["missing", "pipelines-key", "wrong-key", "bearer", "app-key"],
+)
+def test_track_needs_basic_site_id_and_track_key(fake: FakeCustomerIO, auth: str | None) -> None:
+    # GIVEN a Track call with anything but Basic site_id:track_api_key
+    # WHEN it is sent to the Track listener
+    reply = track(fake, "PUT", "/api/v1/customers/u1", {"plan": "pro"}, auth=auth)
+
+    # THEN 401, and no person was made
+    assert (reply.status, reply.body) == (401, {"meta": {"error": "Unauthorized request"}})
+    assert fake.track_calls() == []
+    assert fake.workspace.find("id", "u1") is None
+
+
+def test_track_v1_identify_event_and_delete(fake: FakeCustomerIO) -> None:
+    # GIVEN a person identified by id through Track v1
+    identify = track(fake, "PUT", "/api/v1/customers/u%2F1", {"email": "u1@example.com", "plan": "pro"})
+    event = track(
+        fake,
+        "POST",
+        "/api/v1/customers/u%2F1/events",
+        {"name": "purchase", "data": {"price": 23.45}, "timestamp": 1_700_000_000, "id": ULID},
+    )
+    page = track(fake, "POST", "/api/v1/customers/u%2F1/events", {"name": "/pricing", "type": "page"})
+
+    # THEN each answers 200 {} and is recorded as the v2 operation it amounts to
+    assert [(r.status, r.body) for r in (identify, event, page)] == [(200, {})] * 3
+    person = {"type": "person", "identifiers": {"id": "u/1"}}
+    assert fake.track_calls() == [
+        {
+            **person,
+            "via": "/api/v1/customers/{id}",
+            "action": "identify",
+            "attributes": {"email": "u1@example.com", "plan": "pro"},
+        },
+        {
+            **person,
+            "via": "/api/v1/customers/{id}/events",
+            "action": "event",
+            "name": "purchase",
+            "id": ULID,
+            "timestamp": 1_700_000_000,
+            "attributes": {"price": 23.45},
+        },
+        {
+            **person,
+            "via": "/api/v1/customers/{id}/events",
+            "action": "page",
+            "name": "/pricing",
+            "attributes": {},
+        },
+    ]
+    assert (fake.workspace.find("id", "u/1") or {}).get("email") == "u1@example.com"
+
+    # WHEN the person is deleted by email (percent-encoded, as the SDKs send it)
+    gone = track(fake, "DELETE", "/api/v1/customers/u1%40example.com")
+
+    # THEN 200 {} and the person is gone
+    assert (gone.status, gone.body) == (200, {})
+    assert fake.workspace.find("id", "u/1") is None
+    assert fake.track_calls()[-1] == {
+        "type": "person",
+        "identifiers": {"email": "u1@example.com"},
+        "via": "/api/v1/customers/{id}",
+        "action": "delete",
+    }
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"data": {}}, "name is required"),
+        ({"name": "  "}, "name is required"),
+        (
+            {"name": "x", "timestamp": "2024-01-01T00:00:00Z"},
+            "timestamp must be a unix timestamp (integer seconds)",
+        ),
+        ({"name": "x", "id": "not-a-ulid"}, "id must be a valid ULID"),
+        ({"name": "x", "type": "click"}, "type must be one of event, page, screen"),
+        ([], "request body must be a JSON object"),
+    ],
+)
+def test_track_v1_event_validation(fake: FakeCustomerIO, payload: Any, message: str) -> None:
+    reply = track(fake, "POST", "/api/v1/customers/u1/events", payload)
+    assert (reply.status, reply.body) == (400, {"meta": {"errors": [message]}})
+    assert fake.track_calls() == []
+
+
+def test_track_v1_data_over_journeys_limits_is_answered_200_and_dropped(fake: FakeCustomerIO) -> None:
+    # GIVEN a 151-byte identifier, a 101-byte event name and a 1001-byte attribute
+    replies = [
+        track(fake, "PUT", "/api/v1/customers/" + "u" * 151, {"plan": "pro"}),
+        track(fake, "POST", "/api/v1/customers/u1/events", {"name": "e" * 101}),
+        track(fake, "PUT", "/api/v1/customers/u1", {"bio": "x" * 1001}),
+    ]
+
+    # THEN Track answers 200 to each, and none of it reaches the workspace
+    assert [r.status for r in replies] == [200, 200, 200]
+    assert [r.dropped for r in fake.requests] == [True, True, True]
+    assert fake.track_calls() == []
+    assert fake.workspace.find("id", "u1") is None
+
+
+def test_track_v2_batch_reports_refused_items_in_a_207_and_keeps_the_others(fake: FakeCustomerIO) -> None:
+    # GIVEN a v2 batch of five operations, two of them invalid and one over Journeys' limits
+    batch = [
+        {"type": "person", "identifiers": {"id": "a"}, "action": "identify", "attributes": {"plan": "pro"}},
+        {"type": "person", "identifiers": {"id": "a"}, "action": "event", "id": ULID, "timestamp": 1},
+        {"type": "person", "identifiers": {"id": "a", "email": "a@x"}, "action": "identify"},
+        {"type": "person", "identifiers": {"id": "a"}, "action": "event", "name": "e" * 101},
+        {"type": "person", "identifiers": {"id": "a"}, "action": "page", "name": "/home", "timestamp": 2},
+    ]
+
+    # WHEN it is sent
+    reply = track(fake, "POST", "/api/v2/batch", {"batch": batch})
+
+    # THEN 207 names each refused item by index; the rest are kept
+    assert reply.status == 207
+    assert [(e["batch_index"], e["field"]) for e in reply.body["errors"]] == [
+        (1, "name"),
+        (2, "identifiers"),
+        (3, ""),
+    ]
+    assert all(e["reason"] and e["message"] for e in reply.body["errors"])
+    assert [(op["action"], op.get("name")) for op in fake.track_calls()] == [
+        ("identify", None),
+        ("page", "/home"),
+    ]
+    assert fake.requests[0].rejected == frozenset({1, 2, 3})
+    assert fake.dropped == fake.requests
+    assert fake.workspace.find("id", "a") is not None
+
+
+def test_track_v2_entity_and_batch_answer_200_when_every_item_is_valid(fake: FakeCustomerIO) -> None:
+    # GIVEN valid person and object operations
+    person = {
+        "type": "person",
+        "identifiers": {"email": "b@example.com"},
+        "action": "identify",
+        "attributes": {},
+    }
+    company = {
+        "type": "object",
+        "identifiers": {"object_type_id": "1", "object_id": "acme"},
+        "action": "add_relationships",
+        "cio_relationships": [{"identifiers": {"id": "b"}}],
+    }
+    merge = {
+        "type": "person",
+        "action": "merge",
+        "primary": {"email": "b@example.com"},
+        "secondary": {"id": "user-1"},
+    }
+
+    # WHEN they are sent one by one and as a batch
+    replies = [
+        track(fake, "POST", "/api/v2/entity", person),
+        track(fake, "POST", "/api/v2/batch", {"batch": [company, merge]}),
+    ]
+
+    # THEN 200 {} each, and the merge removed the secondary person
+    assert [(r.status, r.body) for r in replies] == [(200, {}), (200, {})]
+    assert [op["action"] for op in fake.track_calls()] == ["identify", "add_relationships", "merge"]
+    assert fake.workspace.find("id", "user-1") is None
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "status", "field"),
+    [
+        ("/api/v2/entity", {"type": "person", "identifiers": {}, "action": "identify"}, 400, "identifiers"),
+        ("/api/v2/entity", {"type": "person", "identifiers": {"id": "a"}, "action": "fly"}, 400, "action"),
+        ("/api/v2/entity", {"type": "thing", "identifiers": {"id": "a"}, "action": "identify"}, 400, "type"),
+        ("/api/v2/batch", {"batch": []}, 400, "batch"),
+        ("/api/v2/batch", [], 400, "batch"),
+    ],
+)
+def test_track_v2_refuses_an_invalid_request_whole(
+    fake: FakeCustomerIO, path: str, payload: Any, status: int, field: str
+) -> None:
+    reply = track(fake, "POST", path, payload)
+    assert reply.status == status
+    (error,) = reply.body["errors"]
+    assert error["field"] == field
+    assert fake.track_calls() == []
+
+
+def test_track_v2_item_over_32_kb_is_refused_in_the_207(fake: FakeCustomerIO) -> None:
+    big = {
+        "type": "person",
+        "identifiers": {"id": "a"},
+        "action": "identify",
+        "attributes": padded_traits(33_000),
+    }
+    small = {"type": "person", "identifiers": {"id": "b"}, "action": "identify", "attributes": {}}
+    reply = track(fake, "POST", "/api/v2/batch", {"batch": [small, big]})
+    assert reply.status == 207
+    assert [e["batch_index"] for e in reply.body["errors"]] == [1]
+    assert [op["identifiers"] for op in fake.track_calls()] == [{"id": "b"}]
+
+
+def test_faults_can_be_queued_on_a_track_route(fake: FakeCustomerIO) -> None:
+    # GIVEN a 503 queued on every person's identify route
+    fake.fail("/api/v1/customers/{id}", Fault(status=503))
+
+    # WHEN two identifies are sent
+    first = track(fake, "PUT", "/api/v1/customers/a", {})
+    second = track(fake, "PUT", "/api/v1/customers/b", {})
+
+    # THEN the first took the fault, the second went through
+    assert (first.status, second.status) == (503, 200)
+    assert [op["identifiers"] for op in fake.track_calls()] == [{"id": "b"}]
+
+
+# --- push and SMS ------------------------------------------------------------------------------------
+
+
+def test_send_push_and_sms_return_delivery_ids_and_are_recorded_by_channel(fake: FakeCustomerIO) -> None:
+    # GIVEN a push with every documented option and an SMS
+    push = {
+        "transactional_message_id": "order_shipped",
+        "identifiers": {"cio_id": "a1b2c3d4e5f60001"},
+        "to": "last_used",
+        "title": "Shipped",
+        "message": "Your order is on its way",
+        "image_url": "https://example.com/i.png",
+        "link": "app://orders/1",
+        "sound": "none",
+        "custom_data": {"order": "1"},
+        "custom_device": {"token": "t", "platform": "ios"},
+        "custom_payload": {"ios": {}, "android": {}},
+        "language": "fr",
+        "message_data": {"n": 1},
+        "disable_message_retention": True,
+        "send_to_unsubscribed": False,
+        "queue_draft": False,
+    }
+    sms = {
+        "transactional_message_id": 7,
+        "identifiers": {"id": "user-1"},
+        "to": "+15551234567",
+        "from": "+15557654321",
+        "tracked": False,
+    }
+
+    # WHEN both are sent
+    replies = [app(fake, "POST", "/v1/send/push", push), app(fake, "POST", "/v1/send/sms", sms)]
+
+    # THEN each answers like email and lands under its channel
+    assert [r.status for r in replies] == [200, 200]
+    assert all(r.body["delivery_id"] and isinstance(r.body["queued_at"], int) for r in replies)
+    assert [s["channel"] for s in fake.sends()] == ["push", "sms"]
+    assert fake.sends("push")[0]["json"] == push
+    assert fake.emails == []
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "message"),
+    [
+        ("/v1/send/push", {"identifiers": {"id": "u"}}, "transactional_message_id is required"),
+        ("/v1/send/push", {"transactional_message_id": 1}, "identifiers must be an object"),
+        (
+            "/v1/send/push",
+            {"transactional_message_id": 1, "identifiers": {"id": "u"}, "sound": "loud"},
+            "sound must be one of default, none",
+        ),
+        (
+            "/v1/send/push",
+            {"transactional_message_id": 1, "identifiers": {"id": "u"}, "to": ""},
+            "to must be all, last_used or a device token",
+        ),
+        (
+            "/v1/send/push",
+            {"transactional_message_id": 1, "identifiers": {"id": "u"}, "custom_payload": {"web": {}}},
+            "custom_payload may only have ios and android",
+        ),
+        (
+            "/v1/send/push",
+            {"transactional_message_id": 1, "identifiers": {"id": "u"}, "custom_data": "x"},
+            "custom_data must be an object",
+        ),
+        (
+            "/v1/send/push",
+            {"transactional_message_id": True, "identifiers": {"id": "u"}},
+            "transactional_message_id must be an integer or a trigger name",
+        ),
+        ("/v1/send/sms", {"transactional_message_id": 1, "identifiers": {"id": "u"}}, "to is required"),
+        (
+            "/v1/send/sms",
+            {"transactional_message_id": 1, "identifiers": {"id": "u"}, "to": "+1", "tracked": "yes"},
+            "tracked must be a boolean",
+        ),
+        (
+            "/v1/send/sms",
+            {"transactional_message_id": 1, "identifiers": {"id": "u"}, "to": "+1", "queue_draft": 1},
+            "queue_draft must be a boolean",
+        ),
+    ],
+)
+def test_send_push_and_sms_validation(fake: FakeCustomerIO, path: str, payload: Any, message: str) -> None:
+    reply = app(fake, "POST", path, payload)
+    assert reply.status == 400
+    assert reply.body["meta"]["error"].startswith(message)
+    assert fake.sends() == []

@@ -39,8 +39,8 @@ def secret_env(fake: FakeCustomerIO, secret: dict[str, Any] | str, **extra: str)
     ]
     return {
         "CUSTOMERIO_SECRET_ID": arn,
-        "CUSTOMERIO_PIPELINES_URL": fake.url,
-        "CUSTOMERIO_APP_URL": fake.url,
+        "CUSTOMERIO_PIPELINES_URL": fake.pipelines_url,
+        "CUSTOMERIO_APP_URL": fake.app_url,
         **extra,
     }
 
@@ -136,7 +136,7 @@ def test_doctor_region_mismatch_fails(aws: None, fake_cio: FakeCustomerIO) -> No
         CUSTOMERIO_REGION="us",
         CUSTOMERIO_APP_URL="https://api.customer.io",
     )
-    env["CUSTOMERIO_PIPELINES_URL"] = fake_cio.url
+    env["CUSTOMERIO_PIPELINES_URL"] = fake_cio.pipelines_url
 
     # WHEN the region is checked (no network needed for this line)
     settings = load_settings(env)
@@ -154,8 +154,8 @@ def test_doctor_local_env_credentials_without_a_secret(fake_cio: FakeCustomerIO)
     env = {
         "CUSTOMERIO_PIPELINES_API_KEY": PIPELINES_KEY,
         "CUSTOMERIO_APP_TOKEN": APP_KEY,
-        "CUSTOMERIO_PIPELINES_URL": fake_cio.url,
-        "CUSTOMERIO_APP_URL": fake_cio.url,
+        "CUSTOMERIO_PIPELINES_URL": fake_cio.pipelines_url,
+        "CUSTOMERIO_APP_URL": fake_cio.app_url,
     }
 
     # WHEN doctor runs
@@ -172,13 +172,22 @@ def test_doctor_connector_check_explains_a_refused_body(aws: None, fake_cio: Fak
 
     # WHEN the connector check posts an invalid identify to the configured Pipelines host
     code, output = run(
-        ["doctor", "--check-url", f"{fake_cio.url}/v1/identify", "--method", "POST", "--data", "{}"], env
+        [
+            "doctor",
+            "--check-url",
+            f"{fake_cio.pipelines_url}/v1/identify",
+            "--method",
+            "POST",
+            "--data",
+            "{}",
+        ],
+        env,
     )
 
     # THEN it reports status, latency and meaning; the call carried the Pipelines auth in strict mode
     assert code == 0, output
     line = output.splitlines()[-2]
-    assert line.startswith(f"✓ POST {fake_cio.url}/v1/identify: 400 in ")
+    assert line.startswith(f"✓ POST {fake_cio.pipelines_url}/v1/identify: 400 in ")
     assert "reachable and authenticated; the request itself was refused" in line
     assert "userId or anonymousId is required" in line
     sent = fake_cio.requests_to("/v1/identify")[0]
@@ -190,9 +199,8 @@ def test_doctor_connector_check_never_sends_credentials_to_an_unknown_host(aws: 
     # GIVEN credentials configured for one host, and a check aimed at another
     with FakeCustomerIO() as configured, FakeCustomerIO() as other:
         env = secret_env(configured, SECRET)
-        env["CUSTOMERIO_PIPELINES_URL"] = env["CUSTOMERIO_APP_URL"] = configured.url.replace(
-            "127.0.0.1", "localhost"
-        )
+        env["CUSTOMERIO_PIPELINES_URL"] = configured.pipelines_url.replace("127.0.0.1", "localhost")
+        env["CUSTOMERIO_APP_URL"] = configured.app_url.replace("127.0.0.1", "localhost")
         settings = load_settings(env)
         credentials = cli_doctor._credentials(settings, cli_doctor.read_secret(cli_aws.Aws(), settings))
         transport = Transport(connect_timeout=1, read_timeout=2)
@@ -202,7 +210,7 @@ def test_doctor_connector_check_never_sends_credentials_to_an_unknown_host(aws: 
             transport,
             settings,
             credentials,
-            url=f"{other.url}/v1/segments",
+            url=f"{other.app_url}/v1/segments",
             method="GET",
             data=None,
             auth="auto",

@@ -25,7 +25,7 @@ from cio_relay.errors import (
 from cio_relay.settings import load_settings
 from urllib3.exceptions import ReadTimeoutError
 
-from local_stack.customerio import RATE_LIMIT_MESSAGE, FakeCustomerIO, Fault
+from local_stack.customerio import FakeCustomerIO, Fault
 from tests.conftest import APP_KEY, PIPELINES_KEY
 
 IDENTIFY = json.dumps({"type": "identify", "userId": "u1", "messageId": "m-1"}).encode()
@@ -39,7 +39,7 @@ def transport() -> Transport:
 def identify(transport: Transport, fake: FakeCustomerIO, url: str | None = None) -> Response:
     return transport.request(
         "POST",
-        f"{url or fake.url}/v1/identify",
+        f"{url or fake.pipelines_url}/v1/identify",
         what="POST /v1/identify",
         headers={"Authorization": fake.pipelines_auth_header(), "X-Strict-Mode": "1"},
         body=IDENTIFY,
@@ -49,7 +49,7 @@ def identify(transport: Transport, fake: FakeCustomerIO, url: str | None = None)
 def segments(transport: Transport, fake: FakeCustomerIO) -> Response:
     return transport.request(
         "GET",
-        f"{fake.url}/v1/segments",
+        f"{fake.app_url}/v1/segments",
         what="GET /v1/segments",
         headers={"Authorization": fake.app_auth_header()},
     )
@@ -161,7 +161,7 @@ def test_transport_429_without_retry_after_is_rate_limited(
     assert caught.value.status == 429
     assert caught.value.retry_after is None
     assert caught.value.classification is Classification.RETRYABLE
-    assert RATE_LIMIT_MESSAGE in str(caught.value)
+    assert "rate limited to 10 requests per 1s" in str(caught.value)
 
 
 def test_transport_429_with_retry_after_seconds(transport: Transport, fake_cio: FakeCustomerIO) -> None:
@@ -230,7 +230,7 @@ def test_transport_strict_mode_rejection_carries_the_fakes_validation_errors(
     with pytest.raises(Permanent) as caught:
         transport.request(
             "POST",
-            f"{fake_cio.url}/v1/identify",
+            f"{fake_cio.pipelines_url}/v1/identify",
             what="POST /v1/identify",
             headers={"Authorization": fake_cio.pipelines_auth_header(), "X-Strict-Mode": "1"},
             body=b'{"traits":{}}',
@@ -251,7 +251,7 @@ def test_transport_read_timeout_from_settings_is_customerio_timeout(
     settings = load_settings(
         {
             "CUSTOMERIO_READ_TIMEOUT": "0.2",
-            "CUSTOMERIO_APP_URL": fake_cio.url,
+            "CUSTOMERIO_APP_URL": fake_cio.app_url,
             "CUSTOMERIO_APP_TOKEN": APP_KEY,
         }
     )
@@ -327,10 +327,10 @@ def test_transport_stale_keep_alive_connection_does_not_fail_a_call(
     # GIVEN a call left a keep-alive connection in the pool
     identify(transport, fake_cio)
     # AND Customer.io then closed every idle connection (a restart on the same port)
-    port = fake_cio.port
+    port = fake_cio.pipelines_port
     fake_cio.stop()
     fake_cio.start()
-    assert fake_cio.port == port
+    assert fake_cio.pipelines_port == port
 
     # WHEN the next calls are made through the same transport
     responses = [identify(transport, fake_cio), segments(transport, fake_cio)]
