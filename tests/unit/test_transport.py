@@ -157,9 +157,9 @@ def test_transport_429_without_retry_after_is_rate_limited(
     with pytest.raises(RateLimited) as caught:
         segments(transport, fake_cio)
 
-    # THEN it is RateLimited (retryable), with Customer.io's message and no retry_after
+    # THEN it is RateLimited (retryable), with Customer.io's message, waiting the window the body names
     assert caught.value.status == 429
-    assert caught.value.retry_after is None
+    assert caught.value.retry_after == 1.0
     assert caught.value.classification is Classification.RETRYABLE
     assert "rate limited to 10 requests per 1s" in str(caught.value)
 
