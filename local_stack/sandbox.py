@@ -1,16 +1,20 @@
 """The Customer.io sandbox: the fake Customer.io with per-path chaos, and a page that shows it all.
 
-SandboxCustomerIO is local_stack.customerio.FakeCustomerIO (same validation, same answers) plus a
-failure rate per path. SandboxPage serves, on its own port, an auto-refreshing HTML page and the same
-data as JSON (GET /_sandbox/state): every call Customer.io received, every dead-letter message with
-its reason, and the depth of every queue. POST /_sandbox/chaos, /_sandbox/fail, /_sandbox/outage and
-/_sandbox/reset change the sandbox while it runs.
+SandboxCustomerIO is local_stack.customerio.FakeCustomerIO (same validation, same answers, the same
+small workspace of people) plus a failure rate per path. SandboxPage serves, on its own port, an
+auto-refreshing HTML page and the same data as JSON (GET /_sandbox/state): every call Customer.io
+received and which backend (Pipelines, Track, App) took it, the people in the workspace, every
+dead-letter message with its reason, and the depth of every queue. POST /_sandbox/chaos,
+/_sandbox/fail, /_sandbox/outage and /_sandbox/reset change the sandbox while it runs; they answer
+JSON, and a bad request gets 400 ``{"code", "message"}`` naming the field.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import logging
+import math
 import random
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -22,7 +26,14 @@ from urllib.parse import parse_qsl, urlsplit
 from local_stack.customerio import CHAOS_KINDS, FakeCustomerIO, Fault, RecordedRequest
 
 MAX_CALLS_SHOWN = 500
+MAX_PEOPLE_SHOWN = 200
+MAX_CONTROL_BODY_BYTES = 64 * 1024
+CONTROL_READ_TIMEOUT_SECONDS = 10  # a client that stalls mid-body holds one thread this long, no more
 SAFE_HEADERS = ("content-type", "x-strict-mode", "user-agent", "content-encoding")
+BACKENDS = {"pipelines": "Pipelines", "track": "Track", "app": "App"}
+RETRIES_EXHAUSTED = "gave up after "  # how the delivery policy words a record's last receive
+
+logger = logging.getLogger(__name__)
 
 
 class SandboxCustomerIO(FakeCustomerIO):
@@ -78,6 +89,27 @@ class SandboxCustomerIO(FakeCustomerIO):
         return Fault.from_kind(kind, retry_after=self._retry_after), kind
 
 
+def dead_letter_note(reason: str | None, *, moved_by_sqs_after: int | None = None) -> str:
+    """What the page says about how a message reached its dead-letter queue."""
+    if moved_by_sqs_after is not None or not reason:
+        limit = f" ({moved_by_sqs_after})" if moved_by_sqs_after else ""
+        return f"moved by SQS after maxReceiveCount{limit} receives; last failure below"
+    if reason.startswith(RETRIES_EXHAUSTED):
+        return "retries exhausted: dead-lettered by the function on its last receive"
+    return "dead-lettered by the function (permanent failure)"
+
+
+def person_view(person: Mapping[str, Any]) -> dict[str, Any]:
+    """One person of the sandbox's workspace for the page and the JSON."""
+    return {
+        "id": person.get("id"),
+        "email": person.get("email"),
+        "cio_id": person.get("cio_id"),
+        "attributes": dict(person.get("attributes") or {}),
+        "segments": list(person.get("segments") or []),
+    }
+
+
 def parse_chaos_path(text: str) -> tuple[str, float]:
     """`/v1/batch=0.5` -> ("/v1/batch", 0.5)."""
     path, separator, rate = text.partition("=")
@@ -90,6 +122,7 @@ def call_view(record: RecordedRequest) -> dict[str, Any]:
     """One received call for the page and the JSON (never the Authorization header)."""
     return {
         "at": datetime.fromtimestamp(record.received_at, UTC).isoformat(timespec="milliseconds"),
+        "backend": BACKENDS.get(record.api, record.api),
         "method": record.method,
         "path": record.path,
         "query": record.query,
@@ -98,6 +131,7 @@ def call_view(record: RecordedRequest) -> dict[str, Any]:
         "strict": record.strict,
         "accepted": record.accepted,
         "dropped": record.dropped,
+        "rejected_items": sorted(record.rejected),
         "error": record.error,
         "headers": {k: v for k, v in record.headers.items() if k in SAFE_HEADERS},
         "json": record.json,
@@ -119,6 +153,11 @@ pre{margin:0;white-space:pre-wrap;max-height:12em;overflow:auto}.ok{color:#176b2
 def _status_cell(call: Mapping[str, Any]) -> str:
     status = call.get("status")
     label = "dropped (no answer)" if status is None else str(status)
+    if call.get("dropped"):
+        label += " <span class=pill>discarded by Customer.io</span>"
+    elif call.get("rejected_items"):
+        items = ", ".join(str(i) for i in call["rejected_items"])
+        label += f" <span class=pill>items refused or discarded: {html.escape(items)}</span>"
     if call.get("fault"):
         label += f" <span class=pill>fault: {html.escape(str(call['fault']))}</span>"
     css = "ok" if call.get("accepted") else "bad"
@@ -129,6 +168,8 @@ def _summary(call: Mapping[str, Any]) -> str:
     data = call.get("json")
     if not isinstance(data, dict):
         return ""
+    if isinstance(data.get("batch"), list) and call.get("backend") == "Track":
+        return _track_batch_summary(data["batch"])
     if isinstance(data.get("batch"), list):
         items = data["batch"]
         kinds = ", ".join(
@@ -138,10 +179,26 @@ def _summary(call: Mapping[str, Any]) -> str:
             if isinstance(i, dict)
         )
         return f"batch of {len(items)}: {kinds}" + (" …" if len(items) > 6 else "")
-    if call.get("path") == "/v1/send/email":
-        return f"to {data.get('to')} template {data.get('transactional_message_id')}"
+    path = str(call.get("path") or "")
+    if path.startswith("/v1/send/"):
+        return (
+            f"{path.rsplit('/', 1)[-1]} to {data.get('to')} template {data.get('transactional_message_id')}"
+        )
+    if path.startswith("/api/v1/customers/"):
+        who = path.removeprefix("/api/v1/customers/").partition("/")[0]
+        return f"{who} {data.get('name') or ''}".strip()
     who = data.get("userId") or data.get("anonymousId") or data.get("groupId") or ""
     return f"{who} {data.get('event') or ''}".strip()
+
+
+def _track_batch_summary(items: list[Any]) -> str:
+    kinds = ", ".join(
+        f"{i.get('action')} {next(iter((i.get('identifiers') or {}).values()), '')}".strip()
+        + (f" “{i.get('name')}”" if i.get("name") else "")
+        for i in items[:6]
+        if isinstance(i, dict)
+    )
+    return f"batch of {len(items)}: {kinds}" + (" …" if len(items) > 6 else "")
 
 
 def render_page(state: Mapping[str, Any], refresh_seconds: int = 2) -> str:
@@ -165,17 +222,28 @@ def render_page(state: Mapping[str, Any], refresh_seconds: int = 2) -> str:
         )
         or "<tr><td colspan=6 class=muted>empty</td></tr>"
     )
+    people = state.get("people") or []
+    rows_p = (
+        "".join(
+            f"<tr><td>{esc(str(p.get('id') or ''))}</td><td>{esc(str(p.get('email') or ''))}</td>"
+            f"<td><code>{esc(str(p.get('cio_id') or ''))}</code></td>"
+            f"<td>{esc(', '.join(str(s) for s in p.get('segments') or []))}</td>"
+            f"<td><pre>{esc(json.dumps(p.get('attributes') or {}, sort_keys=True))}</pre></td></tr>"
+            for p in people[:MAX_PEOPLE_SHOWN]
+        )
+        or "<tr><td colspan=5 class=muted>nobody (identify someone through the relay)</td></tr>"
+    )
     calls = list(reversed(state.get("calls", [])))
     rows_c = (
         "".join(
-            f"<tr><td class=muted>{esc(c['at'][11:23])}</td>"
+            f"<tr><td class=muted>{esc(c['at'][11:23])}</td><td>{esc(str(c.get('backend') or ''))}</td>"
             f"<td>{esc(c['method'])} <code>{esc(c['path'])}</code></td>"
             f"{_status_cell(c)}<td>{esc(_summary(c))}<div class=bad>{esc(c.get('error') or '')}</div></td>"
             f"<td><details><summary>body</summary><pre>{esc(json.dumps(c.get('json'), indent=1))}</pre>"
             f"</details></td></tr>"
             for c in calls[:200]
         )
-        or "<tr><td colspan=5 class=muted>nothing yet — try the curl lines printed by make run</td></tr>"
+        or "<tr><td colspan=6 class=muted>nothing yet — try the curl lines printed by make run</td></tr>"
     )
     chaos = info.get("chaos") or {}
     rates = ", ".join(f"{p} {r:.0%}" for p, r in (chaos.get("rates") or {}).items()) or "off"
@@ -198,8 +266,11 @@ def render_page(state: Mapping[str, Any], refresh_seconds: int = 2) -> str:
 <th>redrive</th></tr>{rows_q}</table>
 <h2>Dead-letter messages</h2><table><tr><th>queue</th><th>message</th><th>status</th><th>reason</th>
 <th>receives</th><th>body</th></tr>{rows_d}</table>
-<h2>Calls Customer.io received (newest first)</h2><table><tr><th>time</th><th>request</th><th>answer</th>
-<th>what</th><th></th></tr>{rows_c}</table>
+<h2>People in the workspace ({len(people)})</h2><p class=muted>Found by POST /v1/customers with
+attribute (eq, exists), segment, and/or/not filters; deleted people disappear.</p><table><tr><th>id</th>
+<th>email</th><th>cio_id</th><th>segments</th><th>attributes</th></tr>{rows_p}</table>
+<h2>Calls Customer.io received (newest first)</h2><table><tr><th>time</th><th>backend</th><th>request</th>
+<th>answer</th><th>what</th><th></th></tr>{rows_c}</table>
 </body></html>"""
 
 
@@ -236,34 +307,110 @@ class SandboxPage:
         self._server.server_close()
 
     def control(self, action: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """POST /_sandbox/<action>; raises ValueError on a bad request."""
+        """POST /_sandbox/<action>; raises ControlError (400) on a bad request, LookupError (404)."""
+        if action not in CONTROL_ACTIONS:
+            raise LookupError(action)
         if self.sandbox is None:
-            raise ValueError("the sandbox is off: the stack talks to the real Customer.io")
+            raise ControlError("the sandbox is off: the stack talks to the real Customer.io")
+        unknown = sorted(set(body) - CONTROL_ACTIONS[action])
+        if unknown:
+            raise ControlError(f"unknown field for {action}: {unknown[0]}", field=unknown[0])
         if action == "chaos":
             self.sandbox.set_chaos(
-                float(body.get("rate", 0.0)),
-                {str(k): float(v) for k, v in (body.get("paths") or {}).items()},
-                seed=body.get("seed"),
-                kinds=body.get("kinds") or CHAOS_KINDS,
+                _number(body, "rate", 0.0, high=1.0),
+                _rates(body.get("paths")),
+                seed=_optional_integer(body, "seed"),
+                kinds=_kinds(body.get("kinds")),
             )
         elif action == "fail":
-            fault = Fault(
-                status=body.get("status"),
-                retry_after=body.get("retry_after"),
-                delay=float(body.get("delay", 0.0)),
-                drop=bool(body.get("drop", False)),
-            )
-            self.sandbox.fail(str(body.get("path", "*")), *[fault] * int(body.get("count", 1)))
+            path = body.get("path", "*")
+            if not isinstance(path, str) or not (path == "*" or path.startswith("/")):
+                raise ControlError("path must be a path such as /v1/batch, or *", field="path")
+            retry_after = body.get("retry_after")
+            if retry_after is not None and not isinstance(retry_after, str | int):
+                raise ControlError("retry_after must be seconds or an HTTP date", field="retry_after")
+            status = _optional_integer(body, "status")
+            delay = _number(body, "delay", 0.0, high=60.0)
+            drop = _boolean(body, "drop", False)
+            try:
+                fault = Fault(
+                    status=status,
+                    retry_after=None if retry_after is None else str(retry_after),
+                    delay=delay,
+                    drop=drop,
+                )
+            except ValueError as exc:
+                raise ControlError(str(exc)) from exc
+            count = _optional_integer(body, "count")
+            if count is not None and not 1 <= count <= 1000:
+                raise ControlError("count must be between 1 and 1000", field="count")
+            self.sandbox.fail(path, *[fault] * (count or 1))
         elif action == "outage":
-            self.sandbox.outage(bool(body.get("on", True)))
-        elif action == "reset":
-            settings = self.sandbox.chaos_settings()
-            self.sandbox.reset()  # forgets calls and queued faults; the chaos rates stay
-            rates = settings["rates"]
-            self.sandbox.set_chaos(rates.pop("*", 0.0), rates, seed=settings["seed"], kinds=settings["kinds"])
-        else:
-            raise LookupError(action)
+            self.sandbox.outage(_boolean(body, "on", True))
+        else:  # reset: calls, queued faults, chaos, outage and the people identified since the start
+            self.sandbox.reset()
+            self.sandbox.set_chaos(0.0)
         return {"chaos": self.sandbox.chaos_settings()}
+
+
+CONTROL_ACTIONS: dict[str, frozenset[str]] = {
+    "chaos": frozenset({"rate", "paths", "seed", "kinds"}),
+    "fail": frozenset({"path", "status", "retry_after", "delay", "drop", "count"}),
+    "outage": frozenset({"on"}),
+    "reset": frozenset(),
+}
+
+
+class ControlError(ValueError):
+    """A control request the sandbox refuses with 400, naming the field at fault."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _number(body: Mapping[str, Any], name: str, default: float, *, high: float) -> float:
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ControlError(f"{name} must be a number", field=name)
+    if not 0 <= value <= high:
+        raise ControlError(f"{name} must be between 0 and {high:g}", field=name)
+    return float(value)
+
+
+def _optional_integer(body: Mapping[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ControlError(f"{name} must be an integer", field=name)
+    return value
+
+
+def _boolean(body: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise ControlError(f"{name} must be true or false", field=name)
+    return value
+
+
+def _rates(value: Any) -> dict[str, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ControlError("paths must be an object of path to rate", field="paths")
+    return {str(path): _number(value, path, 0.0, high=1.0) for path in value}
+
+
+def _kinds(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return CHAOS_KINDS
+    if not isinstance(value, list) or not value or not all(isinstance(kind, str) for kind in value):
+        raise ControlError(f"kinds must be a non-empty list of {', '.join(CHAOS_KINDS)}", field="kinds")
+    for kind in value:
+        try:
+            Fault.from_kind(kind)
+        except ValueError as exc:
+            raise ControlError(str(exc), field="kinds") from exc
+    return tuple(value)
 
 
 class _Server(ThreadingHTTPServer):
@@ -274,26 +421,57 @@ class _Server(ThreadingHTTPServer):
         self.page = page
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away or stalls must never print a traceback over the stack's output.
+        logger.debug("sandbox page: error while serving %s", client_address, exc_info=True)
+
+
+class _ClientGone(Exception):
+    pass
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     server_version = "cio-relay-sandbox"
     sys_version = ""
+    timeout = CONTROL_READ_TIMEOUT_SECONDS
 
     def log_message(self, format: str, *args: Any) -> None:
         return
 
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except OSError:  # reset, broken pipe, or a read that timed out: end this connection quietly
+            self.close_connection = True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Protocol-level errors (a bad request line, an unknown method) as JSON too."""
+        self.close_connection = True
+        self._json(code, {"code": _CODES.get(code, "error"), "message": message or "bad request"})
+
     def _send(self, status: int, content_type: str, payload: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(payload)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("Cache-Control", "no-store")
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:
+            self.close_connection = True
 
     def _json(self, status: int, data: Any) -> None:
         self._send(status, "application/json", json.dumps(data, default=str).encode())
+
+    def _error(self, status: int, message: str, field: str | None = None) -> None:
+        body: dict[str, Any] = {"code": _CODES.get(status, "error"), "message": message}
+        if field:
+            body["field"] = field
+        self._json(status, body)
 
     def do_GET(self) -> None:
         page = cast(_Server, self.server).page
@@ -302,22 +480,64 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, page.state())
         elif split.path == "/":
             query = dict(parse_qsl(split.query))
-            refresh = int(query.get("refresh", "2") or 0) or 86_400
-            self._send(200, "text/html; charset=utf-8", render_page(page.state(), refresh).encode())
+            refresh_text = query.get("refresh", "2") or "0"
+            refresh = int(refresh_text) if refresh_text.isdigit() else 2
+            self._send(200, "text/html; charset=utf-8", render_page(page.state(), refresh or 86_400).encode())
         else:
-            self._json(404, {"message": "not found"})
+            self._error(404, f"no such page: {split.path}")
+
+    def _body(self) -> bytes:
+        declared = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding"):
+            raise ControlError("send the body with a Content-Length")
+        try:
+            length = int(declared) if declared is not None else 0
+        except ValueError:
+            raise ControlError("Content-Length must be a number") from None
+        if length < 0:
+            raise ControlError("Content-Length must be a number")
+        if length > MAX_CONTROL_BODY_BYTES:
+            self.close_connection = True
+            raise ControlError(f"the body must be at most {MAX_CONTROL_BODY_BYTES} bytes")
+        raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:
+            raise _ClientGone
+        return raw
 
     def do_POST(self) -> None:
         page = cast(_Server, self.server).page
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        action = urlsplit(self.path).path.removeprefix("/_sandbox/")
+        path = urlsplit(self.path).path
+        if not path.startswith("/_sandbox/"):
+            self._error(404, f"no such control: {path}")
+            return
         try:
-            body = json.loads(raw) if raw else {}
+            raw = self._body()
+            try:
+                body = json.loads(raw) if raw.strip() else {}
+            except (ValueError, RecursionError):
+                raise ControlError("the body must be JSON") from None
             if not isinstance(body, dict):
-                raise ValueError("the body must be a JSON object")
-            self._json(200, page.control(action, body))
+                raise ControlError("the body must be a JSON object")
+            self._json(200, page.control(path.removeprefix("/_sandbox/"), body))
+        except _ClientGone:
+            self.close_connection = True
         except LookupError:
-            self._json(404, {"message": "not found"})
-        except (ValueError, TypeError) as exc:
-            self._json(400, {"message": str(exc)})
+            actions = ", ".join(sorted(CONTROL_ACTIONS))
+            self._error(404, f"no such control: {path} (POST /_sandbox/{{{actions}}})")
+        except ControlError as exc:
+            self._error(400, str(exc), exc.field)
+
+    def _method_not_allowed(self) -> None:
+        self._error(405, f"{self.command} is not supported here: GET the page or state, POST a control")
+
+    def do_PUT(self) -> None:
+        self._method_not_allowed()
+
+    def do_DELETE(self) -> None:
+        self._method_not_allowed()
+
+    def do_PATCH(self) -> None:
+        self._method_not_allowed()
+
+
+_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 501: "not_implemented"}

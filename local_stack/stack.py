@@ -32,7 +32,14 @@ from local_stack.customerio import CHAOS_KINDS
 from local_stack.poller import QueuePoller
 from local_stack.provision import Provisioner, Queue
 from local_stack.runtime import Invocation, Runtime
-from local_stack.sandbox import MAX_CALLS_SHOWN, SandboxCustomerIO, SandboxPage, call_view
+from local_stack.sandbox import (
+    MAX_CALLS_SHOWN,
+    SandboxCustomerIO,
+    SandboxPage,
+    call_view,
+    dead_letter_note,
+    person_view,
+)
 from local_stack.template import FunctionSpec, Template, TemplateError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -452,6 +459,7 @@ class LocalStack:
             },
             "queues": self._queue_depths(),
             "dead_letters": self._dead_letter_messages(),
+            "people": [person_view(p) for p in sandbox.workspace.people()] if sandbox else [],
             "calls": calls,
             "emails": [
                 {"delivery_id": e["delivery_id"], "queued_at": e["queued_at"], "json": e["json"]}
@@ -513,14 +521,14 @@ class LocalStack:
             "failure_status": attribute(message, "FailureStatus"),
             "receive_count": attribute(message, "ReceiveCount"),
             "moved_by": "function" if reason else "sqs",
-            "note": "dead-lettered by the function (permanent failure)" if reason else "",
+            "note": dead_letter_note(reason),
         }
         if not reason:
             source = next((q for q in self.queues.values() if q.dead_letter_arn == queue.arn), None)
             limit = source.max_receive_count if source else None
             last = self.runtime.last_failure(message["MessageId"]) if self.runtime else None
             row["receive_count"] = str(limit) if limit else None
-            row["note"] = f"moved by SQS after maxReceiveCount ({limit}) receives; last failure below"
+            row["note"] = dead_letter_note(None, moved_by_sqs_after=limit)
             if last is not None:
                 row["failure_reason"] = last.reason
                 row["failure_status"] = last.status
