@@ -71,7 +71,7 @@ def fake(aws: None) -> Iterator[FakeCustomerIO]:
 
 
 def settings_for(fake: FakeCustomerIO, secret_id: str | None = None, **env: str) -> Settings:
-    environ = {"CUSTOMERIO_PIPELINES_URL": fake.url, "CUSTOMERIO_APP_URL": fake.url, **env}
+    environ = {**fake.environment(), **env}
     if secret_id:
         environ["CUSTOMERIO_SECRET_ID"] = secret_id
     return load_settings(environ)

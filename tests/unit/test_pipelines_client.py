@@ -26,8 +26,8 @@ PIPELINES_AUTH = "Basic " + base64.b64encode(f"{PIPELINES_KEY}:".encode()).decod
 def customerio(fake: FakeCustomerIO, **env: str) -> CustomerIO:
     """The real client, pointed at the fake through the URL overrides, with local credentials."""
     environ = {
-        "CUSTOMERIO_PIPELINES_URL": fake.url,
-        "CUSTOMERIO_APP_URL": fake.url,
+        "CUSTOMERIO_PIPELINES_URL": fake.pipelines_url,
+        "CUSTOMERIO_APP_URL": fake.app_url,
         "CUSTOMERIO_PIPELINES_API_KEY": PIPELINES_KEY,
         "CUSTOMERIO_APP_TOKEN": APP_KEY,
         **env,
