@@ -289,17 +289,20 @@ class Settlement:
             logger.error("no dead-letter queue configured; leaving the records to SQS redrive")
             refused |= {f.record.message_id for f in failures}
         retry: list[_Failure] = []
+        copied = sum(1 for f in failures if f.record.message_id not in refused)
+        if copied:
+            count("DeadLettered" if action == "dead_letter" else "Requeued", copied)
+        if copied < len(failures):
+            count("DeadLetterFailed" if action == "dead_letter" else "RequeueFailed", len(failures) - copied)
         for failure in failures:
             record = failure.record
             if record.message_id not in refused:
                 self._log(
                     failure, "record dead-lettered" if action == "dead_letter" else "record re-enqueued"
                 )
-                count("DeadLettered" if action == "dead_letter" else "Requeued")
                 outcome[record.message_id] = None
                 continue
             # The copy failed: back off like any retryable failure (a delay of 0 would loop at once).
-            count("DeadLetterFailed" if action == "dead_letter" else "RequeueFailed")
             receives = (
                 int(record.attributes.approximate_receive_count or 1) + failure.lineage.earlier_receives
             )
@@ -342,7 +345,8 @@ class Settlement:
             )
             outcome[record.message_id] = failure.exc
             self._log(failure, "record will be retried", delay_seconds=seconds)
-            count("Retried")
+        if failures:
+            count("Retried", len(failures))
         for url, changes in by_url.items():
             self._queues.change_visibility_many(
                 url, changes, smaller=shorter_visibility, in_time=self._deadline.allows_settling
