@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingErro
 from cio_relay import queues
 
 from local_stack.customerio import FakeCustomerIO
+from local_stack.template import CfnLoader
 from tests.conftest import PIPELINES_KEY
 from tests.integration import configure, events_handler
 from tests.reliability import write_figures
@@ -35,11 +35,7 @@ DLQ_URL = QUEUE_URL + "-dlq"
 
 
 def template_defaults() -> dict[str, Any]:
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
-    template = yaml.load(Path(ROOT / "template.yaml").read_text(), Loader=Loader)
+    template = yaml.load((ROOT / "template.yaml").read_text(), Loader=CfnLoader)
     return {
         "timeout": template["Globals"]["Function"]["Timeout"],
         "max_batch": template["Parameters"]["EventsBatchSize"]["MaxValue"],
@@ -144,8 +140,11 @@ def test_biggest_batch_with_customerio_down_settles_within_the_timeout(
 
     # WHEN one invocation handles the whole batch
     started = time.monotonic()
-    with pytest.raises(BatchProcessingError) if receive == "first" else _no_error() as outcome:
+    try:
         response = events_handler()(event, context)
+        errors = 0
+    except BatchProcessingError as exc:  # every record failed: the invocation fails, Lambda backs off
+        response, errors = None, len(exc.child_exceptions)
     elapsed = time.monotonic() - started
     left = context.get_remaining_time_in_millis() / 1000
 
@@ -154,7 +153,7 @@ def test_biggest_batch_with_customerio_down_settles_within_the_timeout(
     handles = {r["receiptHandle"] for r in event["Records"]}
     if receive == "first":
         # ... with every record reported and given its backoff (first receive: 0-30 s), 10 per call
-        assert len(outcome.value.child_exceptions) == n
+        assert errors == n
         assert set(sqs.visibility) == handles
         assert all(0 <= seconds <= 30 for seconds in sqs.visibility.values())
         assert sqs.calls == Counter({"ChangeMessageVisibilityBatch": n // 10})
@@ -176,11 +175,3 @@ def test_biggest_batch_with_customerio_down_settles_within_the_timeout(
             f"- invocation time {elapsed:.1f} s of the {timeout} s timeout ({left:.1f} s to spare)",
         ],
     )
-
-
-class _no_error:  # noqa: N801 - reads like pytest.raises at the call site
-    def __enter__(self) -> _no_error:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
