@@ -391,7 +391,10 @@ def test_resources_come_from_the_template_and_its_parameters() -> None:
         "deadLetterTargetArn": stack.queues["EventsDeadLetterQueue"].arn,
         "maxReceiveCount": 7,
     }
-    assert attributes["VisibilityTimeout"] == str(events_queue["VisibilityTimeout"])
+    # (the visibility follows the batching window: 6 x the 30 s timeout + the default window of 2 s)
+    window = template.parameters["EventsBatchingWindowSeconds"]["Default"]
+    mapping = template.data["Mappings"]["VisibilityForWindow"]
+    assert attributes["VisibilityTimeout"] == str(mapping[str(window)]["Seconds"]) == "182"
     assert attributes["MessageRetentionPeriod"] == str(events_queue["MessageRetentionPeriod"])
     assert ttl["TimeToLiveDescription"]["AttributeName"] == "expiration"
     # ... the functions see the template's variables, pointed at the local resources

@@ -400,8 +400,29 @@ def sqs_event_problems(t: Template) -> list[str]:
     return problems
 
 
+def window_values(t: Template, window: Any) -> list[int]:
+    """Every batching window a deployment can choose: the parameter's allowed values (or its range's ends)."""
+    name = ref_target(window)
+    parameter = t["Parameters"].get(name or "", {})
+    if not parameter:
+        return [int(window)]
+    if "AllowedValues" in parameter:
+        return [int(v) for v in parameter["AllowedValues"]]
+    return sorted({int(parameter.get(k, 0)) for k in ("MinValue", "Default", "MaxValue") if k in parameter})
+
+
+def visibility_of(t: Template, value: Any, params: dict[str, str]) -> int | None:
+    """A VisibilityTimeout: a number, a !Ref, or a !FindInMap keyed by a parameter (None: no such entry)."""
+    if isinstance(value, dict) and list(value) == ["Fn::FindInMap"]:
+        name, top, second = value["Fn::FindInMap"]
+        entry = t.get("Mappings", {}).get(name, {}).get(str(resolve(top, params)), {})
+        return None if second not in entry else int(entry[second])
+    return int(resolve(value, params))
+
+
 def visibility_problems(t: Template) -> list[str]:
-    """Each queue's visibility timeout is at least 6x the timeout of the function it triggers."""
+    """Each queue's visibility timeout is at least 6x the timeout of the function it triggers plus the
+    batching window (AWS's guidance for SQS event sources), for every window the template allows."""
     params = parameter_values(t)
     problems: list[str] = []
     all_queues = queues(t)
@@ -413,9 +434,41 @@ def visibility_problems(t: Template) -> list[str]:
             )
             continue
         timeout = int(resolve(function_setting(t, function_id, "Timeout", 3), params))
-        visibility = int(resolve(all_queues[queue].get("VisibilityTimeout", 30), params))
-        if visibility < 6 * timeout:
-            problems.append(f"{queue}: VisibilityTimeout {visibility} < 6 x {function_id} timeout {timeout}")
+        window = props.get("MaximumBatchingWindowInSeconds", 0)
+        for seconds in window_values(t, window):
+            chosen = {**params, **({ref_target(window) or "": str(seconds)})}
+            visibility = visibility_of(t, all_queues[queue].get("VisibilityTimeout", 30), chosen)
+            if visibility is None:
+                problems.append(f"{queue}: no VisibilityTimeout for a batching window of {seconds} s")
+            elif visibility < 6 * timeout + seconds:
+                problems.append(
+                    f"{queue}: VisibilityTimeout {visibility} < 6 x {function_id} timeout {timeout}"
+                    f" + batching window {seconds}"
+                )
+    return problems
+
+
+def app_api_throttle_problems(t: Template) -> list[str]:
+    """Search and segments (passed through to the App API, 10 requests/s at Customer.io) are throttled
+    at the stage to at most that, so callers get API Gateway's 429 instead of Customer.io's."""
+    params = parameter_values(t)
+    settings = {
+        (m.get("ResourcePath"), m.get("HttpMethod")): m
+        for m in properties(t, "RelayApi").get("MethodSettings", [])
+    }
+    problems: list[str] = []
+    for function_id, name, props in function_events(t, "Api"):
+        if name not in ("SearchCustomers", "ListSegments"):
+            continue
+        key = ("/" + str(props["Path"]).replace("/", "~1"), str(props["Method"]).upper())
+        setting = settings.get(key)
+        if setting is None:
+            problems.append(f"{function_id}.Events.{name}: no MethodSettings entry {key}")
+            continue
+        for limit in ("ThrottlingRateLimit", "ThrottlingBurstLimit"):
+            value = resolve(setting.get(limit), params)
+            if value is None or float(value) > 10:
+                problems.append(f"{function_id}.Events.{name}: {limit} {value!r} is over the App API's 10/s")
     return problems
 
 
@@ -911,6 +964,7 @@ def test_sam_validate_lint() -> None:
     [
         sqs_event_problems,
         visibility_problems,
+        app_api_throttle_problems,
         redrive_problems,
         encryption_problems,
         wildcard_problems,
@@ -1017,6 +1071,24 @@ BROKEN_TEMPLATES: list[Any] = [
         _set(["Resources", "EmailQueue", "Properties", "VisibilityTimeout"], 30),
         visibility_problems,
         id="visibility-equals-timeout",
+    ),
+    pytest.param(
+        _set(["Resources", "EventsQueue", "Properties", "VisibilityTimeout"], 180),
+        visibility_problems,
+        id="visibility-ignores-the-batching-window",
+    ),
+    pytest.param(
+        _set(["Mappings", "VisibilityForWindow", "300", "Seconds"], 300),
+        visibility_problems,
+        id="visibility-short-for-the-longest-window",
+    ),
+    pytest.param(
+        _set(
+            ["Resources", "RelayApi", "Properties", "MethodSettings"],
+            [{"ResourcePath": "/*", "HttpMethod": "*"}],
+        ),
+        app_api_throttle_problems,
+        id="app-api-routes-not-throttled",
     ),
     pytest.param(
         _delete(["Resources", "EmailQueue", "Properties", "RedrivePolicy"]), redrive_problems, id="no-redrive"
