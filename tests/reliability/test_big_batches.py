@@ -124,7 +124,7 @@ def test_biggest_batch_with_customerio_down_settles_within_the_timeout(
     monkeypatch.setattr(queues, "sqs_client", lambda: sqs)
     configure(
         monkeypatch,
-        CUSTOMERIO_PIPELINES_URL=fake_cio.url,
+        CUSTOMERIO_PIPELINES_URL=fake_cio.pipelines_url,
         CUSTOMERIO_PIPELINES_API_KEY=PIPELINES_KEY,
         EVENTS_QUEUE_URL=QUEUE_URL,
         EVENTS_DLQ_URL=DLQ_URL,
