@@ -17,7 +17,7 @@ help:
 	@echo "make soak      the full soak (5,250 messages under faults); figures to .cache/figures/"
 	@echo "make figures   copy the measured figures into docs/ (the only verb that edits docs)"
 	@echo "make lint      ruff + mypy"
-	@echo "make bench     benchmarks as ratios (report in bench/results/; ARGS=--strict, --quick, --only)"
+	@echo "make bench     benchmarks as ratios (report in .cache/figures/; ARGS=--strict, --quick, --only)"
 	@echo "make build     sam build (python3.13) + native-extension architecture check"
 	@echo "make security  checkov on template.yaml (own venv) + bandit"
 
@@ -73,6 +73,7 @@ soak: $(STAMP)
 # Figures measured by make test / make soak (in .cache/figures/, ignored) into the docs, on purpose.
 figures: $(STAMP)
 	$(PY) -m tests.reliability.figures
+	$(PY) -m bench.figures
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

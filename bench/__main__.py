@@ -1,7 +1,7 @@
 """`make bench` (python -m bench): run every measurement once and print the report.
 
-The report and its data go to bench/results/ (ignored by git): a bench run never changes a tracked
-file. `make figures` copies the report into docs/performance.md on purpose.
+The report and its data go to .cache/figures/bench.md and bench.json (ignored by git): a bench run
+never changes a tracked file. `make figures` copies the report into docs/performance.md on purpose.
 """
 
 from __future__ import annotations

@@ -28,9 +28,16 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def copy_figures(report_file: Path = REPORT_FILE, doc: Path = DOC) -> str:
-    """Copy the report into the doc; returns what happened. Raises SystemExit with a reason if it cannot."""
+def copy_figures(report_file: Path = REPORT_FILE, doc: Path = DOC, *, missing_ok: bool = True) -> str:
+    """Copy the report into the doc; returns what happened. Raises SystemExit with a reason if it cannot.
+
+    No report yet (`make bench` never ran here) leaves the doc as it is, unless `missing_ok` is False.
+    """
     if not report_file.exists():
+        if missing_ok:
+            return (
+                f"{_shown(doc)}: bench figures not updated ({_shown(report_file)} missing: run `make bench`)"
+            )
         raise SystemExit(f"{_shown(report_file)} does not exist: run `make bench` first")
     if not doc.exists():
         raise SystemExit(f"{doc} does not exist")
@@ -46,8 +53,9 @@ def copy_figures(report_file: Path = REPORT_FILE, doc: Path = DOC) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.figures", description=__doc__)
     parser.add_argument("--doc", type=Path, default=DOC)
+    parser.add_argument("--strict", action="store_true", help="fail when make bench has not run")
     args = parser.parse_args()
-    print(copy_figures(doc=args.doc), file=sys.stderr)
+    print(copy_figures(doc=args.doc, missing_ok=not args.strict), file=sys.stderr)
 
 
 if __name__ == "__main__":

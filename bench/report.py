@@ -1,6 +1,6 @@
 """The benchmark's report: every section's tables, then all targets with PASS/FAIL. No timing in here.
 
-`make bench` writes it to bench/results/ (ignored by git, never a tracked file); `make figures`
+`make bench` writes it to .cache/figures/ (ignored by git, never a tracked file); `make figures`
 copies it into docs/performance.md between its bench markers (bench/figures.py).
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.results import RANGE, Section, Target, show, table
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "bench" / "results"
+RESULTS_DIR = ROOT / ".cache" / "figures"
 REPORT_FILE = RESULTS_DIR / "bench.md"
 DATA_FILE = RESULTS_DIR / "bench.json"
 

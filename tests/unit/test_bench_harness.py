@@ -211,9 +211,9 @@ def test_report_is_written_to_the_results_folder_and_ignored_by_git(tmp_path: Pa
     data = json.loads((tmp_path / "results" / "bench.json").read_text())
     assert data["targets"][1]["verdict"] == "FAIL"
     assert data["targets"][1]["spread"] == {"low": 1.2, "median": 1.25, "high": 1.3, "runs": 3}
-    assert REPORT_FILE.parent == DATA_FILE.parent == ROOT / "bench" / "results"
+    assert REPORT_FILE.parent == DATA_FILE.parent == ROOT / ".cache" / "figures"
     ignored = (ROOT / ".gitignore").read_text().splitlines()
-    assert "bench/results/" in ignored, "make bench writes bench/results/: git must ignore it"
+    assert ".cache/" in ignored, "make bench writes .cache/figures/: git must ignore it"
 
 
 def test_strict_exits_1_only_when_a_target_failed() -> None:
@@ -269,7 +269,7 @@ def test_figures_refuse_when_bench_has_not_run(tmp_path: Path) -> None:
     doc = tmp_path / "performance.md"
     doc.write_text(f"{START}\n{END}\n")
     with pytest.raises(SystemExit, match="make bench"):
-        copy_figures(ROOT / "bench" / "results" / "missing.md", doc)
+        copy_figures(tmp_path / "missing.md", doc, missing_ok=False)
     assert doc.read_text() == f"{START}\n{END}\n"
 
 
