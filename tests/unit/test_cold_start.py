@@ -26,9 +26,16 @@ print(json.dumps(sorted(sys.modules)))
 # Powertools' batch utility imports these parser models (type hints only) when pydantic is already
 # imported, which is why each function imports cio_relay.delivery first.
 PARSER_MODELS = "aws_lambda_powertools.utilities.parser.models.sqs"
+# Imported where used, never by the cold start: boto3 (by the first AWS call), Powertools' batch
+# utility (by a batch with a failed record) and its idempotency utility (by the first send that needs it).
+ON_FIRST_USE = {
+    "boto3",
+    "aws_lambda_powertools.utilities.batch",
+    "aws_lambda_powertools.utilities.idempotency",
+}
 NEVER_NEEDED = {
-    "events": {PARSER_MODELS, "cio_relay.models.email", "aws_xray_sdk"},
-    "email": {PARSER_MODELS, "cio_relay.models.pipelines", "aws_xray_sdk"},
+    "events": {PARSER_MODELS, "cio_relay.models.email", "aws_xray_sdk", *ON_FIRST_USE},
+    "email": {PARSER_MODELS, "cio_relay.models.pipelines", "aws_xray_sdk", *ON_FIRST_USE},
 }
 
 

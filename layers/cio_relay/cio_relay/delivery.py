@@ -9,10 +9,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -35,6 +33,9 @@ from cio_relay.queues import (
 )
 from cio_relay.queues import copy_attributes as _copy_attributes
 from cio_relay.settings import Settings
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
 # A Customer.io request is started only when this much time is left after its own timeouts and the
 # time failure handling may need (settle_seconds).
@@ -444,6 +445,13 @@ def _process(
         error = reported.get(record.message_id)
         if error is not None:
             raise error
+
+    # Powertools' batch utility (and asyncio, which it imports) only when a record failed.
+    from aws_lambda_powertools.utilities.batch import (  # noqa: PLC0415
+        BatchProcessor,
+        EventType,
+        process_partial_response,
+    )
 
     processor = BatchProcessor(event_type=EventType.SQS)
     return process_partial_response(

@@ -17,16 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.shared.functions import strtobool
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSMessageAttributes, SQSRecord
-from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
-from aws_lambda_powertools.utilities.idempotency.exceptions import (
-    IdempotencyAlreadyInProgressError,
-    IdempotencyInconsistentStateError,
-    IdempotencyPersistenceLayerError,
-    IdempotencyValidationError,
-)
-from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
-from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
-from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import PydanticSerializer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
@@ -48,11 +38,16 @@ from cio_relay.models import invalid_request
 from cio_relay.models.email import Deferred, SendEmail, SendResult, Transactional
 from cio_relay.observability import count, logger
 from cio_relay.queues import Queues
-from cio_relay.send_records import SendRecords
 from cio_relay.settings import Settings, get_settings
 
+# Powertools' idempotency utility (and boto3, which its DynamoDB store imports) is imported by the first
+# send that needs it, not by the cold start: an API request answered from validation alone never does.
 if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
+    from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
     from mypy_boto3_dynamodb.client import DynamoDBClient
+
+    from cio_relay.send_records import SendRecords
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 IDEMPOTENCY_ATTRIBUTE = "IdempotencyKey"
@@ -193,6 +188,14 @@ class Mailer:
             self._once[True] = self._decorate(hashed, settings.email_dedupe_window_seconds)
 
     def _decorate(self, store: BasePersistenceLayer, ttl: int) -> Callable[..., SendResult]:
+        from aws_lambda_powertools.utilities.idempotency import (  # noqa: PLC0415 - see the imports
+            IdempotencyConfig,
+            idempotent_function,
+        )
+        from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import (  # noqa: PLC0415
+            PydanticSerializer,
+        )
+
         config = IdempotencyConfig(
             event_key_jmespath="key",
             payload_validation_jmespath="payload_hash",
@@ -337,6 +340,13 @@ class Mailer:
         """
         if identity is None:
             return self._send(channel=channel, request=request, key=None, sent=[], tally=tally)
+        from aws_lambda_powertools.utilities.idempotency.exceptions import (  # noqa: PLC0415 - see the imports
+            IdempotencyAlreadyInProgressError,
+            IdempotencyInconsistentStateError,
+            IdempotencyPersistenceLayerError,
+            IdempotencyValidationError,
+        )
+
         hashed = self._dedupe and identity.key.startswith(HASH_KEY_PREFIX)
         sent: list[SendResult] = []
         try:
@@ -366,6 +376,10 @@ class Mailer:
             extra={"delivery_id": result.delivery_id},
         )
         count("SendRecordRetried")
+        from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import (  # noqa: PLC0415
+            PydanticSerializer,
+        )
+
         data = dataclasses.asdict(identity)
         for _ in range(RECORD_ATTEMPTS):
             try:
@@ -438,6 +452,8 @@ def get_mailer() -> Mailer:
     settings = get_settings()
     table = settings.require("idempotency_table")
     park = settings.email_on_ambiguous == "dead_letter"
+
+    from cio_relay.send_records import SendRecords  # noqa: PLC0415 - see the imports
 
     def store() -> SendRecords:
         return SendRecords(table_name=table, boto3_client=dynamodb_client(), park_abandoned=park)
