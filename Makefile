@@ -64,7 +64,7 @@ TEST_WORKERS ?= auto
 
 test: lint
 	@# pytest exits 5 when it collected nothing: that is a failure, not a pass.
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal; rc=$$?; if [ $$rc -eq 5 ]; then echo 'make test: pytest collected no tests' >&2; exit 1; fi; exit $$rc
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo 'make test: pytest collected no tests' >&2; exit 1; fi; exit $$rc
 
 # The full soak: it waits on progress (it fails when nothing settles for a minute), not on a timer.
 soak: $(STAMP)

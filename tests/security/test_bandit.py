@@ -22,6 +22,11 @@ ACCEPTED: dict[tuple[str, str, str], str] = {
         "B105",
         "SECRET_SHAPE = ",
     ): "a placeholder showing the secret's JSON shape, every value is '...'",
+    (
+        "cio_relay_cli/connector.py",
+        "B105",
+        '"CUSTOMERIO_SECRET_ID": "it names the Secrets Manager secret that holds the credentials",',
+    ): "a variable's name and its description",
     ("local_stack/stack.py", "B105", '"CUSTOMERIO_APP_TOKEN": "app_api_key",'): "a JSON key name",
     ("local_stack/stack.py", "B105", '"CUSTOMERIO_TRACK_TOKEN": "track_api_key",'): "a JSON key name",
     ("local_stack/stack.py", "B105", 'self.secret_arn = ""'): "an ARN, empty until the secret exists",
