@@ -34,7 +34,7 @@ def secret_env(secret: dict[str, Any], **extra: str) -> dict[str, str]:
 
 
 def fake_env(fake: FakeCustomerIO, secret: dict[str, Any]) -> dict[str, str]:
-    return secret_env(secret, CUSTOMERIO_PIPELINES_URL=fake.url, CUSTOMERIO_APP_URL=fake.url)
+    return secret_env(secret, CUSTOMERIO_PIPELINES_URL=fake.pipelines_url, CUSTOMERIO_APP_URL=fake.app_url)
 
 
 @dataclass
@@ -128,7 +128,7 @@ def test_url_that_would_change_data_is_not_called(aws: None, fake_cio: FakeCusto
     env = fake_env(fake_cio, SECRET)
 
     # WHEN the operator asks about a call that would change data (a person DELETE)
-    code, output = run(["--url", f"{fake_cio.url}/v1/customers/ada", "--method", "DELETE"], env)
+    code, output = run(["--url", f"{fake_cio.app_url}/v1/customers/ada", "--method", "DELETE"], env)
 
     # THEN that URL is never called; the credential is probed with a read instead
     assert code == 0, output
@@ -144,7 +144,7 @@ def test_url_probe_against_the_sandbox_carries_the_right_credential(
     env = fake_env(fake_cio, SECRET)
 
     # WHEN the operator asks about the transactional send endpoint
-    code, output = run(["--url", f"{fake_cio.url}/v1/send/email", "--method", "POST"], env)
+    code, output = run(["--url", f"{fake_cio.app_url}/v1/send/email", "--method", "POST"], env)
 
     # THEN it went to the App API with Bearer auth and an empty body, and no email was sent
     assert code == 0, output
@@ -294,8 +294,8 @@ def test_local_credentials_come_from_the_environment(fake_cio: FakeCustomerIO) -
     # GIVEN no secret, the key in the shell (a local run)
     env = {
         "CUSTOMERIO_PIPELINES_API_KEY": fake_cio.pipelines_api_key or "",
-        "CUSTOMERIO_PIPELINES_URL": fake_cio.url,
-        "CUSTOMERIO_APP_URL": fake_cio.url,
+        "CUSTOMERIO_PIPELINES_URL": fake_cio.pipelines_url,
+        "CUSTOMERIO_APP_URL": fake_cio.app_url,
     }
 
     # WHEN the operator asks about it
