@@ -743,6 +743,28 @@ def _route_key(path: str) -> str | None:
     return None
 
 
+@dataclass
+class _RateLimit:
+    """At most `requests` per window of `per_seconds` (fixed windows by `clock`)."""
+
+    requests: int
+    per_seconds: float
+    paths: frozenset[str] | None
+    retry_after: str | None
+    clock: Callable[[], float]
+    window: int = -1
+    used: int = 0
+
+    def over(self, path: str) -> bool:
+        if self.paths is not None and path not in self.paths:
+            return False
+        window = int(self.clock() // self.per_seconds)
+        if window != self.window:
+            self.window, self.used = window, 0
+        self.used += 1
+        return self.used > self.requests
+
+
 class FakeCustomerIO:
     """Local fake of Customer.io's Pipelines, App and Track APIs: three listeners, one per API host.
 
@@ -790,6 +812,7 @@ class FakeCustomerIO:
         self._faults_injected: dict[str, int] = {}
         self._chaos: _Chaos | None = None
         self._outage = False
+        self._rate: _RateLimit | None = None
         self._delivery_numbers = itertools.count(1)
         self._servers: dict[str, _Server] = {}
         self._threads: list[threading.Thread] = []
@@ -1086,6 +1109,26 @@ class FakeCustomerIO:
                 paths=frozenset(paths) if paths is not None else None,
             )
 
+    def rate_limit(
+        self,
+        requests: int | None,
+        per_seconds: float = 1.0,
+        *,
+        paths: Iterable[str] | None = None,
+        retry_after: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Answer 429 to requests (on ``paths``, default all) beyond ``requests`` in each window of
+        ``per_seconds`` (windows by ``clock``, which a simulation may drive); None lifts the limit."""
+        with self._lock:
+            self._rate = (
+                None
+                if requests is None
+                else _RateLimit(
+                    requests, per_seconds, frozenset(paths) if paths else None, retry_after, clock
+                )
+            )
+
     def outage(self, on: bool = True) -> None:
         """While on, every request on every listener is answered 503 (recorded with fault "outage")."""
         with self._lock:
@@ -1117,6 +1160,9 @@ class FakeCustomerIO:
             if self._outage:
                 self._count_fault("outage")
                 return Fault(status=503), "outage"
+            if self._rate is not None and self._rate.over(path):
+                self._count_fault("rate_limited")
+                return Fault(status=429, retry_after=self._rate.retry_after), "rate_limited"
             for key in (path, _route_key(path), "*"):
                 queue = self._faults.get(key) if key else None
                 if queue:

@@ -1983,3 +1983,24 @@ def test_send_push_and_sms_validation(fake: FakeCustomerIO, path: str, payload: 
     assert reply.status == 400
     assert reply.body["meta"]["error"].startswith(message)
     assert fake.sends() == []
+
+
+def test_rate_limit_answers_429_beyond_the_requests_of_each_window(fake: FakeCustomerIO) -> None:
+    # GIVEN at most 2 Pipelines requests a second, on a clock the test drives
+    now = [0.0]
+    fake.rate_limit(2, 1.0, paths=["/v1/identify"], retry_after="1", clock=lambda: now[0])
+
+    # WHEN 3 requests come in one second, 1 in the next, and one on another path
+    first = [pipelines(fake, "/v1/identify", {"userId": f"u{i}"}) for i in range(3)]
+    now[0] = 1.2
+    second = pipelines(fake, "/v1/identify", {"userId": "u3"})
+    other = pipelines(fake, "/v1/track", {"userId": "u4", "event": "e"})
+    fake.rate_limit(None)
+    lifted = [pipelines(fake, "/v1/identify", {"userId": "u5"}).status for _ in range(3)]
+
+    # THEN the third of the first second got 429 with Retry-After, and nothing of it was kept
+    assert [r.status for r in first] == [200, 200, 429]
+    assert first[2].headers["retry-after"] == "1"
+    assert (second.status, other.status, lifted) == (200, 200, [200, 200, 200])
+    assert fake.faults_injected == {"rate_limited": 1}
+    assert "u2" not in {c["userId"] for c in fake.pipelines_calls()}
