@@ -138,6 +138,24 @@ def test_entries_sqs_keeps_refusing_are_named_in_the_503_and_a_retry_of_those_de
     assert users == sorted(f"u{i}" for i in range(15))
 
 
+def test_positions_not_queued_are_the_callers_own_when_some_calls_were_refused(
+    stack: Stack, lambda_context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a batch whose first call is invalid (refused, the others queued) and SQS refusing u7's entry
+    body = batch_of(15)
+    body["batch"][0] = {"type": "track", "event": "viewed"}  # no userId
+    refusing = RefusingSQS(clients.sqs(), '"u7"', times=None)
+    monkeypatch.setattr(queues, "sqs_client", lambda: refusing)
+
+    # WHEN it is posted
+    answer = call_api(api_event("POST", "/v1/batch", body), lambda_context)
+
+    # THEN the 503 names u7 by its index in the caller's batch, and 13 calls as queued
+    assert answer.status == 503
+    assert answer.body["not_queued"] == [7]
+    assert len(answer.body["queued_call_ids"]) == 13
+
+
 def test_a_caller_that_sets_message_ids_may_retry_the_whole_request(
     stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 
-from cio_relay.errors import CallsRefused, InvalidRequest, PayloadTooLarge
+from cio_relay.errors import CallsRefused, EnqueueFailed, InvalidRequest, PayloadTooLarge
 from cio_relay.forwarding import Forwarder, check_conventions, encode_checked
 from cio_relay.models.pipelines import BatchQueued, BatchRequest, Refusal
 
@@ -51,5 +51,9 @@ def accept_batch(request: BatchRequest, *, strict: bool, forwarder: Forwarder, p
         raise CallsRefused(
             first.message, field=first.field, errors=[r.model_dump() for r in refused], too_large=oversize
         )
-    queued = forwarder.accept(calls, batch=True)
+    try:
+        queued = forwarder.accept(calls, batch=True)
+    except EnqueueFailed as exc:  # name the calls not queued by their index in the request's batch
+        skipped = {r.index for r in refused}
+        raise exc.renumbered([i for i in range(len(calls) + len(skipped)) if i not in skipped]) from exc
     return BatchQueued(message_ids=queued.message_ids, call_ids=queued.call_ids, refused=refused)

@@ -75,6 +75,14 @@ class EnqueueFailed(CioRelayError):
         self.queued_call_ids = tuple(queued_call_ids)
         self.not_queued = tuple(not_queued)
 
+    def renumbered(self, places: Sequence[int]) -> EnqueueFailed:
+        """The same failure with `not_queued` given as `places[position]` (the request's own numbering)."""
+        return EnqueueFailed(
+            self.message,
+            queued_call_ids=self.queued_call_ids,
+            not_queued=[places[i] for i in self.not_queued],
+        )
+
 
 class NotAttempted(CioRelayError):
     """A record was not sent because the invocation ran short of time; it comes back from the queue."""
