@@ -164,6 +164,49 @@ def test_call_without_a_track_equivalent_is_dead_lettered_naming_the_backend(
     assert "Track API cannot identify a person by anonymousId alone" in reason(dead)
 
 
+def test_device_events_are_tracks_device_operations_accepted_by_the_v2_batch(
+    stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext
+) -> None:
+    # GIVEN a device registered and another deleted through the Pipelines device semantic events
+    device = {"context": {"device": {"token": "tok-1", "type": "ios"}}, "properties": {"app_version": "2.1"}}
+    post("/v1/track", {"userId": "u1", "event": "Device Created or Updated", **device}, lambda_context)
+    gone = {"context": {"device": {"token": "tok-0"}}}
+    post("/v1/track", {"userId": "u1", "event": "Device Deleted", **gone}, lambda_context)
+
+    # WHEN they are delivered
+    assert poll(stack, lambda_context).failed_ids == []
+
+    # THEN one v2 batch carried add_device and delete_device, both accepted (200, not 207)
+    [request] = fake_cio.requests_to(BATCH)
+    assert request.status == 200
+    sent = {c["action"]: c["device"] for c in request.json["batch"]}
+    assert sent["add_device"]["token"] == "tok-1"
+    assert (sent["add_device"]["platform"], sent["add_device"]["attributes"]) == (
+        "ios",
+        {"app_version": "2.1"},
+    )
+    assert isinstance(sent["add_device"]["last_used"], int)
+    assert sent["delete_device"] == {"token": "tok-0"}
+    assert dead_letters(stack) == []
+
+
+def test_semantic_event_without_a_track_equivalent_is_dead_lettered_naming_the_backend(
+    stack: Stack, fake_cio: FakeCustomerIO, lambda_context: LambdaContext
+) -> None:
+    # GIVEN an object deletion, which Pipelines has and Track has not as an event
+    post(
+        "/v1/track",
+        {"userId": "u1", "event": "Object Deleted", "properties": {"objectId": "o"}},
+        lambda_context,
+    )
+
+    # WHEN it is handled / THEN nothing is sent and the dead-letter's reason names the backend and the event
+    assert poll(stack, lambda_context).failed_ids == []
+    assert fake_cio.requests == []
+    [dead] = dead_letters(stack)
+    assert "the Track API has no equivalent of the semantic event 'Object Deleted'" in reason(dead)
+
+
 def test_both_credentials_use_pipelines(
     aws: None, fake_cio: FakeCustomerIO, monkeypatch: pytest.MonkeyPatch, lambda_context: LambdaContext
 ) -> None:

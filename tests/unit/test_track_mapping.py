@@ -117,10 +117,76 @@ def test_person_semantic_events_are_tracks_own_operations(event: str, action: st
     assert body == {"type": "person", "identifiers": {"id": "u1"}, "action": action}
 
 
-@pytest.mark.parametrize("event", ["Device Created or Updated", "Relationship Deleted", "Object Deleted"])
-def test_other_semantic_events_are_refused_naming_the_backend(event: str) -> None:
-    with pytest.raises(Unsupported, match="Track API has no equivalent"):
+def test_device_created_or_updated_is_a_person_add_device_from_context_device() -> None:
+    # GIVEN the Pipelines device semantic event: token and type in context.device, attributes as properties
+    _, body = item(
+        {
+            "type": "track",
+            "userId": "u1",
+            "event": "Device Created or Updated",
+            "context": {"device": {"token": "tok-1", "type": "ios"}},
+            "properties": {"app_version": "2.1", "push_enabled": True},
+        }
+    )
+
+    # THEN it is Track's add_device with token, platform, last_used (the call's time) and attributes
+    assert body == {
+        "type": "person",
+        "identifiers": {"id": "u1"},
+        "action": "add_device",
+        "device": {
+            "token": "tok-1",
+            "platform": "ios",
+            "last_used": WHEN_S,
+            "attributes": {"app_version": "2.1", "push_enabled": True},
+        },
+    }
+
+
+def test_device_event_without_a_context_device_uses_the_device_id_and_platform_properties() -> None:
+    call = {"type": "track", "userId": "u1", "event": "Device Created or Updated"}
+    _, body = item({**call, "properties": {"device_id": "tok-2", "platform": "Android", "k": 1}})
+    assert body["device"] == {
+        "token": "tok-2",
+        "platform": "android",
+        "last_used": WHEN_S,
+        "attributes": {"k": 1},
+    }
+
+
+def test_device_deleted_is_a_person_delete_device_by_token() -> None:
+    call = {"type": "track", "userId": "u1", "event": "Device Deleted"}
+    _, body = item({**call, "context": {"device": {"token": "tok-1", "type": "ios"}}})
+    assert body == {
+        "type": "person",
+        "identifiers": {"id": "u1"},
+        "action": "delete_device",
+        "device": {"token": "tok-1"},
+    }
+
+
+@pytest.mark.parametrize("event", ["Device Created or Updated", "Device Deleted"])
+def test_device_event_without_a_token_is_refused_naming_the_field(event: str) -> None:
+    with pytest.raises(InvalidRequest, match="device token") as caught:
+        item({"type": "track", "userId": "u1", "event": event, "context": {"device": {"type": "ios"}}})
+    assert caught.value.field == "context.device.token"
+
+
+def test_device_event_of_an_anonymous_person_is_refused_naming_the_backend() -> None:
+    call = {"type": "track", "anonymousId": "a1", "event": "Device Deleted"}
+    with pytest.raises(Unsupported, match="Track API has no equivalent") as caught:
+        item({**call, "context": {"device": {"token": "tok-1"}}})
+    assert caught.value.field == "event"
+
+
+@pytest.mark.parametrize(
+    "event", ["Relationship Deleted", "Object Deleted", "Report Delivery Event", "Report Content Event"]
+)
+def test_other_semantic_events_are_refused_naming_the_backend_and_the_event(event: str) -> None:
+    with pytest.raises(Unsupported) as caught:
         item({"type": "track", "userId": "u1", "event": event})
+    assert str(caught.value) == f"event: the Track API has no equivalent of the semantic event {event!r}"
+    assert caught.value.field == "event"
 
 
 def test_group_is_an_object_identify_related_to_the_person() -> None:

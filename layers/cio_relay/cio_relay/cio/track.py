@@ -8,11 +8,16 @@ Mapping (Track OpenAPI, v2 `person_*` / `object_*` operations and v1 anonymous e
 | track / page / screen (userId) | person `event` / `page` / `screen` (`name`, `attributes`, `id`) |
 | track / page / screen (anonymousId only) | v1 `POST /api/v1/events` with `anonymous_id`, one each |
 | track `User Deleted` / `User Suppressed` / `User Unsuppressed` | person `delete` / `(un)suppress` |
+| track `Device Created or Updated` / `Device Deleted` | person `add_device` / `delete_device` |
 | group | object `identify` (`identify_anonymous` for an anonymousId), related to the person |
 | alias | person `merge`: `primary` userId, `secondary` previousId |
 
-Anything else (identify by anonymousId alone, other semantic events, an object event) raises Unsupported:
-it has no Track equivalent, and the record is dead-lettered with that reason.
+A device event takes the token from `context.device.token` and the platform from `context.device.type`
+(`properties.device_id` / `properties.platform` when the context has none); `last_used` is the call's
+timestamp; the other properties are the device's `attributes`.
+
+Anything else (identify by anonymousId alone, relationship/object/report semantic events, an object
+event) raises Unsupported: it has no Track equivalent, and the record is dead-lettered with that reason.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ MAX_BATCH_BYTES = 500_000  # "smaller than 500kb": the decimal reading is the sa
 BATCH_PATH = "/api/v2/batch"
 ANONYMOUS_EVENTS_PATH = "/api/v1/events"
 PERSON_ACTIONS = {"User Deleted": "delete", "User Suppressed": "suppress", "User Unsuppressed": "unsuppress"}
+DEVICE_ACTIONS = {"Device Created or Updated": "add_device", "Device Deleted": "delete_device"}
+_DEVICE_KEYS = ("device_id", "token", "platform", "type", "last_used")
 DEFAULT_OBJECT_TYPE = "1"  # Pipelines: "If you don't include this value, we assume ... `1`"
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -78,7 +85,10 @@ def _event(call: dict[str, Any], kind: str, when_ms: int | None) -> Item:
         person_action = PERSON_ACTIONS.get(str(name))
         if person_action is not None and call.get("userId"):
             return Item(encode(_person(call, person_action)))
-        if person_action is not None or str(name) in _SEMANTIC:
+        device_action = DEVICE_ACTIONS.get(str(name))
+        if device_action is not None and call.get("userId"):
+            return Item(encode(_person(call, device_action, device=_device(call, device_action, when_ms))))
+        if person_action is not None or device_action is not None or str(name) in _SEMANTIC:
             raise Unsupported(
                 f"the {BACKEND} has no equivalent of the semantic event {name!r}", field="event"
             )
@@ -101,10 +111,32 @@ def _event(call: dict[str, Any], kind: str, when_ms: int | None) -> Item:
     )
 
 
+def _device(call: dict[str, Any], action: str, when_ms: int | None) -> dict[str, Any]:
+    """Track's `device` of a Pipelines device event: token and platform from `context.device`."""
+    context = call.get("context")
+    from_context = context.get("device") if isinstance(context, dict) else None
+    from_context = from_context if isinstance(from_context, dict) else {}
+    properties = call.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    token = from_context.get("token") or properties.get("device_id") or properties.get("token")
+    if not isinstance(token, str) or not token.strip():
+        raise InvalidRequest(f"{call.get('event')} needs the device token", field="context.device.token")
+    device: dict[str, Any] = {"token": token}
+    if action == "delete_device":
+        return device
+    platform = from_context.get("type") or properties.get("platform")
+    if isinstance(platform, str) and platform:
+        device["platform"] = platform.lower()
+    if when_ms is not None:
+        device["last_used"] = when_ms // 1000
+    attributes = {key: value for key, value in properties.items() if key not in _DEVICE_KEYS}
+    if attributes:
+        device["attributes"] = attributes
+    return device
+
+
 _SEMANTIC = frozenset(
     {
-        "Device Created or Updated",
-        "Device Deleted",
         "Relationship Deleted",
         "Object Deleted",
         "Report Delivery Event",
