@@ -8,7 +8,7 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from cio_relay.cio import CustomerIO, get_customerio
 from cio_relay.cio.backend import EventsBackend, Item
-from cio_relay.cio.pipelines import encode, pack
+from cio_relay.cio.pipelines import BATCH_ENVELOPE_BYTES, encode, pack
 from cio_relay.delivery import Deadline, Outcomes, source_message_id
 from cio_relay.errors import (
     CioRelayError,
@@ -282,6 +282,10 @@ class Forwarder:
             unusable: CioRelayError | None = None
         except CioRelayError as exc:  # no usable credential, or the secret cannot be read: retried
             backend, unusable = None, exc
+        # Big batches make several requests: with EVENTS_SEND_CONCURRENCY > 1 each request is started as
+        # soon as it is full, up to that many in flight, while the rest of the batch is still parsed.
+        workers = self._settings.events_send_concurrency
+        packer = _Packer(self, backend, deadline, workers) if backend is not None and workers > 1 else None
         # logger.set_correlation_id(message_id) for each record, without looking the formatter up each time.
         log_keys = logger.registered_formatter
         for record in records:
@@ -298,10 +302,15 @@ class Forwarder:
             item = _Record(message_id, calls, batch)
             self._prepare(item, backend)
             pending.append(item)
+            if packer is not None:
+                packer.add(item)
         logger.set_correlation_id(None)
         if backend is None:
             return outcomes
-        self._send(pending, backend, deadline)
+        if packer is None:
+            self._send(pending, backend, deadline)
+        elif packer.finish():
+            self._send_alone(packer.alone, backend, deadline)
         for item in pending:
             outcomes[item.record_id] = item.outcome()
         count("Forwarded", sum(1 for o in outcomes.values() if o is None))
@@ -332,21 +341,10 @@ class Forwarder:
                     packed.append((record, index, item.body))
                 elif item is not None:
                     alone.append((record, index, item))
-        groups = list(pack([body for _, _, body in packed], max_request_bytes=backend.max_request_bytes))
-
-        def send_group(group: list[int]) -> bool:
-            return self._send_group([packed[i] for i in group], backend, deadline)
-
-        # Big batches make several requests: up to EVENTS_SEND_CONCURRENCY of them are in flight at
-        # once, so an invocation waits about one round trip rather than one per request. Each is started
-        # only with its timeouts to spare, as a lone request is.
-        workers = self._settings.events_send_concurrency
-        if len(groups) > 1 and workers > 1:
-            in_time = list(_executor(workers).map(send_group, groups))
-        else:
-            in_time = [send_group(group) for group in groups]
-        if all(in_time):
-            self._send_alone(alone, backend, deadline)
+        for group in pack([body for _, _, body in packed], max_request_bytes=backend.max_request_bytes):
+            if not self._send_group([packed[i] for i in group], backend, deadline):
+                return
+        self._send_alone(alone, backend, deadline)
 
     def _send_group(self, slots: list[_Slot], backend: EventsBackend, deadline: Deadline) -> bool:
         """One packed request, and each call's result; False when time ran out before it was sent."""
@@ -390,6 +388,53 @@ class Forwarder:
             except CioRelayError as exc:
                 record.results[index] = exc
         return True
+
+
+class _Packer:
+    """Packs calls into batch requests as their records are prepared (as `pack` does) and starts each
+    request once it is full, on the container's request threads: Customer.io answers the first ones
+    while the rest of a big batch is still being parsed. Each request is started only with its
+    timeouts to spare, as a lone request is (`_send_group`)."""
+
+    def __init__(
+        self, forwarder: Forwarder, backend: EventsBackend, deadline: Deadline, workers: int
+    ) -> None:
+        self._forwarder, self._backend, self._deadline = forwarder, backend, deadline
+        self._executor = _executor(workers)
+        self._limit = backend.max_request_bytes
+        self._group: list[_Slot] = []
+        self._size = BATCH_ENVELOPE_BYTES
+        self._started: list[Future[bool]] = []
+        self.alone: list[tuple[_Record, int, Item]] = []
+
+    def add(self, record: _Record) -> None:
+        for index, item in enumerate(record.items):
+            if item is None:
+                continue
+            if item.alone is not None:
+                self.alone.append((record, index, item))
+                continue
+            if len(item.body) > MAX_CALL_BYTES:  # as `pack`: the backend checked it already
+                raise PayloadTooLarge(f"call is {len(item.body)} bytes; the limit is {MAX_CALL_BYTES}")
+            extra = len(item.body) + (1 if self._group else 0)
+            if self._group and self._size + extra > self._limit:
+                self._start()
+                extra = len(item.body)
+            self._group.append((record, index, item.body))
+            self._size += extra
+
+    def _start(self) -> None:
+        group, self._group, self._size = self._group, [], BATCH_ENVELOPE_BYTES
+        self._started.append(
+            self._executor.submit(self._forwarder._send_group, group, self._backend, self._deadline)
+        )
+
+    def finish(self) -> bool:
+        """Start the last request and wait for all; False when time ran out before one was sent."""
+        if self._group:
+            self._start()
+        in_time = [started.result() for started in self._started]  # every one, before any outcome is read
+        return all(in_time)
 
 
 def _set(slots: list[_Slot], exc: BaseException) -> None:

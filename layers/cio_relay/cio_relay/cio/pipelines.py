@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from cio_relay.models.pipelines import PipelinesCall
 
 # `{"batch":[` + `]}` around the calls, and one comma between two calls.
-_BATCH_ENVELOPE_BYTES = len(b'{"batch":[]}')
+BATCH_ENVELOPE_BYTES = len(b'{"batch":[]}')
 
 
 # json.dumps(call, separators=(",", ":"), ensure_ascii=False), without building an encoder per call.
@@ -66,7 +66,7 @@ def pack(
     Raises PayloadTooLarge if one call alone exceeds the per-call limit; callers check that first.
     """
     group: list[int] = []
-    size = _BATCH_ENVELOPE_BYTES
+    size = BATCH_ENVELOPE_BYTES
     for index, call in enumerate(encoded):
         if len(call) > MAX_CALL_BYTES:
             raise PayloadTooLarge(
@@ -75,7 +75,7 @@ def pack(
         extra = len(call) + (1 if group else 0)
         if group and (size + extra > max_request_bytes or (max_calls and len(group) >= max_calls)):
             yield group
-            group, size, extra = [], _BATCH_ENVELOPE_BYTES, len(call)
+            group, size, extra = [], BATCH_ENVELOPE_BYTES, len(call)
         group.append(index)
         size += extra
     if group:
