@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from cio_relay.delivery import Decision, backoff_delay, decide
+from cio_relay.delivery import MAX_REQUEUES, Decision, Lineage, backoff_delay, decide
 from cio_relay.errors import (
     AuthRejected,
     CioRelayError,
@@ -16,6 +16,7 @@ from cio_relay.errors import (
     Permanent,
     RateLimited,
     Retryable,
+    SendInProgress,
 )
 from cio_relay.settings import Settings, load_settings
 
@@ -232,3 +233,41 @@ def test_decide_before_the_last_receive_still_backs_off() -> None:
     # THEN it is retried later, not dead-lettered
     assert decision.action == "retry"
     assert decision.delay <= 80
+
+
+# --- the last receive ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        NotAttempted("not attempted in this invocation"),
+        SendInProgress("an email with this key is being sent"),
+    ],
+    ids=["not-attempted", "sent-elsewhere"],
+)
+def test_decide_re_enqueues_a_healthy_record_on_its_last_receive(error: CioRelayError) -> None:
+    # GIVEN maxReceiveCount 10 and a record on its 10th receive that was not (or is being) sent
+    settings = load_settings({"MAX_RECEIVE_COUNT": "10"})
+
+    # WHEN the delivery policy decides, for a first message and for a copy re-enqueued 3 times
+    first = decide(error, 10, settings)
+    worn = decide(error, 10, settings, lineage=Lineage("m-1", earlier_receives=30, requeues=MAX_REQUEUES))
+
+    # THEN the first is re-enqueued; the copy that used up its re-enqueues is dead-lettered, with why
+    assert first.action == "requeue"
+    assert worn.action == "dead_letter"
+    assert worn.reason.endswith(f"in 40 receives and {MAX_REQUEUES} re-enqueues")
+
+
+def test_decide_backoff_counts_the_receives_of_the_whole_line() -> None:
+    # GIVEN a re-enqueued copy on its first receive, after 10 receives of the message before it
+    settings = load_settings({"RETRY_BASE_SECONDS": "10", "RETRY_CAP_SECONDS": "43200"})
+    lineage = Lineage("m-1", earlier_receives=10, requeues=1)
+
+    # WHEN it fails retryably, many times (jitter draws anywhere up to the ceiling)
+    delays = [decide(Retryable("503", status=503), 1, settings, lineage=lineage).delay for _ in range(200)]
+
+    # THEN the ceiling is that of an 11th receive (10 * 2**10), not of a first one (10)
+    assert max(delays) > 10
+    assert max(delays) <= 10 * 2**10

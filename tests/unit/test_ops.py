@@ -446,3 +446,57 @@ def test_dlq_without_configuration_says_how_to_configure() -> None:
     # THEN it explains the three ways
     assert code == 2
     assert "--stack NAME, --events-dlq-url or set EVENTS_DLQ_URL" in output
+
+
+def copy_of(sqs: Any, dlq: str, source_id: str, user: str, reason: str = "Customer.io answered 400") -> None:
+    attributes = {
+        "SourceMessageId": {"DataType": "String", "StringValue": source_id},
+        "FailureReason": {"DataType": "String", "StringValue": reason},
+        "FailureStatus": {"DataType": "String", "StringValue": "400"},
+    }
+    body = json.dumps({"type": "identify", "userId": user})
+    sqs.send_message(QueueUrl=dlq, MessageBody=body, MessageAttributes=attributes)
+
+
+def test_dlq_list_counts_copies_of_one_source_message_once(moto_server: str) -> None:
+    # GIVEN two dead-letter copies of one message (a crash between the copy and the answer), and another
+    sqs = boto3.client("sqs", region_name=REGION)
+    _, dlq = queue_pair(sqs)
+    copy_of(sqs, dlq, "source-1", "u1")
+    copy_of(sqs, dlq, "source-1", "u1")
+    copy_of(sqs, dlq, "source-2", "u2")
+
+    # WHEN dlq list runs
+    code, output = run(["dlq", "list"], {"EVENTS_DLQ_URL": dlq})
+
+    # THEN it counts two messages and names the extra copy, and consumes nothing
+    assert code == 0
+    assert output.splitlines() == [
+        f"events  {'events-dlq':<40} 2 message(s) (+1 duplicate copies, not counted)"
+    ]
+    assert cli_dlq.depth(sqs, dlq) == (3, 0)
+
+
+def test_dlq_redrive_moves_copies_of_one_source_message_back_once(moto_server: str) -> None:
+    # GIVEN two dead-letter copies of one message and a copy of another
+    sqs = boto3.client("sqs", region_name=REGION)
+    source, dlq = queue_pair(sqs)
+    copy_of(sqs, dlq, "source-1", "u1")
+    copy_of(sqs, dlq, "source-1", "u1", reason="gave up after 10 receives")
+    copy_of(sqs, dlq, "source-2", "u2")
+
+    # WHEN dlq redrive runs
+    code, output = run(["dlq", "redrive", "events"], {"EVENTS_DLQ_URL": dlq})
+
+    # THEN each source message is back once, still naming its source, and the DLQ is empty
+    assert code == 0, output
+    assert "deleted 1 duplicate copies" in output
+    assert "moved 2 message(s) back" in output
+    moved = sqs.receive_message(QueueUrl=source, MaxNumberOfMessages=10, MessageAttributeNames=["All"])[
+        "Messages"
+    ]
+    assert sorted(m["MessageAttributes"]["SourceMessageId"]["StringValue"] for m in moved) == [
+        "source-1",
+        "source-2",
+    ]
+    assert cli_dlq.depth(sqs, dlq) == (0, 0)
