@@ -101,6 +101,7 @@ class LocalStack:
         self.customerio_url = ""
         self.customerio_mode = ""
         self.ignored_variables: list[str] = []
+        self._credentials: dict[str, str] = {}
         self.sandbox: SandboxCustomerIO | None = None
         self.secret_arn = ""
         self.functions: list[FunctionSpec] = []
@@ -143,7 +144,7 @@ class LocalStack:
             name: boto3.client(name, endpoint_url=self.moto_url, region_name=options.region)
             for name in ("sqs", "dynamodb", "secretsmanager")
         }
-        credentials = self._customerio()
+        credentials = self._credentials = self._customerio()
         provisioner = self._provision(template, credentials)
         self.queues = provisioner.queues
         self.functions = template.functions(provisioner.resolver)
@@ -373,19 +374,39 @@ class LocalStack:
         if self.customerio_mode == "real":
             return [
                 f"Customer.io: your REAL workspace ({self.customerio_url}), because of --real.",
+                self._events_backend_line(),
                 "  WARNING: real Customer.io: these calls change your workspace: people are created, "
                 "updated and deleted, and emails are really sent.",
             ]
         lines = [
-            f"Customer.io: the local sandbox at {self.customerio_url}. Nothing leaves this machine; "
+            "Customer.io: the local sandbox. Nothing leaves this machine; "
             f"what the sandbox received is on {self.sandbox_url}",
         ]
+        if self.sandbox is not None:
+            lines += [
+                f"  sandbox Pipelines API {self.sandbox.pipelines_url}",
+                f"  sandbox App API       {self.sandbox.app_url}",
+                f"  sandbox Track API     {self.sandbox.track_url}",
+            ]
+        lines.append(self._events_backend_line())
         if self.ignored_variables:
             lines.append(
                 f"  ignored: {', '.join(self.ignored_variables)} (set in this shell; "
                 "`make run ARGS=--real` sends to the real Customer.io with them)"
             )
         return lines
+
+    def _events_backend_line(self) -> str:
+        """Which API EventsFunction uses, as the relay decides: Pipelines unless only Track keys are set."""
+        keys = self._credentials
+        if keys.get("pipelines_api_key"):
+            return "  identities and events go to the Pipelines API (the secret has a pipelines_api_key)"
+        if keys.get("site_id") and keys.get("track_api_key"):
+            return (
+                "  identities and events go to the Track API (the secret has only site_id + track_api_key, "
+                "no pipelines_api_key)"
+            )
+        return "  identities and events: no Pipelines or Track credentials, EventsFunction cannot deliver"
 
     def banner(self) -> str:
         """What `make run` prints once everything listens: KEY=value lines first (scripts parse them)."""

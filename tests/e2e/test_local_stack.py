@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -430,6 +431,14 @@ def test_customerio_variables_in_the_shell_are_ignored_without_real() -> None:
     assert "app-real-0002" not in json.dumps(secret)
     # ... and the banner says in plain words where calls go, and which variables it ignored
     assert "Nothing leaves this machine" in banner
+    # ... with the sandbox's three listeners and the backend the relay uses for identities and events
+    for api, url in (
+        ("Pipelines", stack.sandbox.pipelines_url),
+        ("App", stack.sandbox.app_url),
+        ("Track", stack.sandbox.track_url),
+    ):
+        assert re.search(rf"sandbox {api} API +{re.escape(url)}$", banner, re.MULTILINE), api
+    assert "identities and events go to the Pipelines API" in banner
     assert "ignored: CUSTOMERIO_APP_TOKEN, CUSTOMERIO_PIPELINES_API_KEY" in banner
     assert "--real" in banner
     assert "WARNING: real Customer.io" not in banner
@@ -469,3 +478,23 @@ def test_real_selects_the_real_customerio_with_the_shells_credentials() -> None:
     assert env["CUSTOMERIO_PIPELINES_URL"] == env["CUSTOMERIO_APP_URL"] == ""
     assert "WARNING: real Customer.io" in banner
     assert "pk-real-0001" not in banner
+    assert "identities and events go to the Pipelines API" in banner
+
+
+def test_real_with_only_track_credentials_says_events_go_to_the_track_api() -> None:
+    # GIVEN only Track API credentials (site_id + track_api_key) in the environment, with --real
+    environ = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CUSTOMERIO_")},
+        "CUSTOMERIO_SITE_ID": "site-real-0001",
+        "CUSTOMERIO_TRACK_TOKEN": "track-real-0002",
+        "CUSTOMERIO_APP_TOKEN": "app-real-0003",
+    }
+
+    # WHEN the stack starts (no request is made)
+    options = Options(port=0, sandbox_port=0, pollers=False, customerio="real")
+    with LocalStack(options, environ=environ) as stack:
+        banner = stack.banner()
+
+    # THEN the banner says the relay uses the Track API, and shows no key
+    assert "identities and events go to the Track API" in banner
+    assert "track-real-0002" not in banner
