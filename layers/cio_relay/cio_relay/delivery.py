@@ -323,14 +323,15 @@ class Settlement:
                 "FailureStatus": decision.status,
                 "ReceiveCount": receives,
             }
-            original = record.raw_event.get("messageAttributes") or {}
         else:
             own |= {LINEAGE_RECEIVES: receives, REQUEUES: str(lineage.requeues + 1)}
-            original = {
-                k: v
-                for k, v in (record.raw_event.get("messageAttributes") or {}).items()
-                if k not in REASON_ATTRIBUTES
-            }
+        # A copy starts its own count: the lineage and reason of earlier copies are not carried over
+        # (a redriven dead-letter copy gets a fresh set of receives and re-enqueues).
+        original = {
+            k: v
+            for k, v in (record.raw_event.get("messageAttributes") or {}).items()
+            if k not in REASON_ATTRIBUTES
+        }
         # A partly refused record dead-letters only its refused calls (dead_letter_body).
         body = getattr(failure.exc, "dead_letter_body", None) if action == "dead_letter" else None
         return Copy(record.message_id, body or record.body or "", _copy_attributes(own, original))
