@@ -39,10 +39,13 @@ $(RUN_STAMP): requirements-run.txt $(LAYER)/requirements.txt pyproject.toml
 	@$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
+UV_VERSION := 0.13.8
 # Everything else (tests, lint, bench) needs the whole dev lock, which includes requirements-run.txt.
 $(STAMP): requirements-dev.txt requirements-run.txt $(LAYER)/requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -r requirements-dev.txt 2>&1 | { grep -v '^WARNING: Location' || true; }; exit $${PIPESTATUS[0]}
+	@# uv installs the ~100 pinned packages in parallel: seconds instead of pip's minute.
+	$(BIN)/pip install --quiet uv==$(UV_VERSION) 2>&1 | { grep -v '^WARNING: Location' || true; }; exit $${PIPESTATUS[0]}
+	$(BIN)/uv pip install --quiet --python $(PY) -r requirements-dev.txt
 	@# The operator CLI as the console script `cio-relay` (editable: it runs this checkout's code).
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/pip check
@@ -59,8 +62,9 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Test processes in parallel (pytest-xdist): most of the suite waits on sockets and retries.
-TEST_WORKERS ?= auto
+# Test processes in parallel (pytest-xdist): most of the suite waits on sockets and retries, so four
+# workers keep two cores busy (measured: 2 min 37 s with 4 workers, about 5 min with 2).
+TEST_WORKERS ?= 4
 
 test: lint
 	@# pytest exits 5 when it collected nothing: that is a failure, not a pass.
