@@ -59,6 +59,8 @@ SEMANTIC_EVENTS = frozenset(
 MESSAGE_ID_NAMESPACE = uuid.UUID("8b0c1f0e-6c4f-4a53-9d53-6f8f2b0c1e01")
 _NAMESPACE_SHA1 = hashlib.sha1(MESSAGE_ID_NAMESPACE.bytes, usedforsecurity=False)
 _CALL = TypeAdapter[Any](Call)
+# The 17th hex digit of a UUID with its top two bits set to the RFC 4122 variant (0b10).
+_RFC4122_VARIANT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
 
 
 def derived_message_id(sqs_message_id: str, index: int) -> str:
@@ -69,11 +71,8 @@ def derived_message_id(sqs_message_id: str, index: int) -> str:
     """
     sha1 = _NAMESPACE_SHA1.copy()
     sha1.update(f"{sqs_message_id}/{index}".encode())
-    digest = bytearray(sha1.digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = sha1.hexdigest()  # the first 32 hex digits, with the version and variant set in the text
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_RFC4122_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def check_conventions(call: dict[str, Any], policy: str, field_name: str = "event") -> None:

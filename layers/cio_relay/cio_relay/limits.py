@@ -104,11 +104,12 @@ def _plainly_within(call: dict[str, Any]) -> bool:
     attributes = get(where) if where else None
     if attributes is None:
         return True
-    return (
-        type(attributes) is dict
-        and len(attributes) <= MAX_ATTRIBUTES
-        and all(len(key) * 4 <= ATTRIBUTE_NAME_BYTES and _small(value) for key, value in attributes.items())
-    )
+    if type(attributes) is not dict or len(attributes) > MAX_ATTRIBUTES:
+        return False
+    for key, value in attributes.items():  # a loop, not all(<generator>): this runs on every call
+        if len(key) * 4 > ATTRIBUTE_NAME_BYTES or not _small(value):
+            return False
+    return True
 
 
 def check_limits(call: dict[str, Any], policy: str, prefix: str = "") -> None:
