@@ -414,3 +414,14 @@ def test_send_result_is_lenient_with_any_2xx_body() -> None:
     assert SendEmailResult.lenient([1, 2]).queued_at is None
     assert SendEmailResult.lenient({"delivery_id": "d", "queued_at": 1.5}).queued_at == 1.5
     assert SendEmailResult.lenient({"queued_at": "soon"}).queued_at is None
+
+
+def test_an_empty_identifier_is_named_as_empty_not_as_missing_items() -> None:
+    # GIVEN a call whose userId is the empty string / WHEN it is validated
+    with pytest.raises(ValidationError) as caught:
+        Track.model_validate({"type": "track", "userId": "", "event": "signed_up"})
+
+    # THEN the message a caller reads says the string is empty, naming the field
+    field, message = describe(caught.value.errors()[0])
+    assert field == "userId"
+    assert message == "must not be empty (at least 1 character)"

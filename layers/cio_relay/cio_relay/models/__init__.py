@@ -64,7 +64,11 @@ def describe(error: Any) -> tuple[str, str]:
     ctx = error.get("ctx") or {}
     if error.get("type") in ("field_error", TOO_LARGE) and ctx.get("field"):
         parts.append(str(ctx["field"]))
-    return ".".join(parts) or "body", str(error.get("msg", "invalid"))
+    message = str(error.get("msg", "invalid"))
+    if error.get("type") == "too_short" and isinstance(error.get("input"), str):
+        # pydantic words a string's min_length as "items" once a BeforeValidator precedes it.
+        message = f"must not be empty (at least {ctx.get('min_length', 1)} character)"
+    return ".".join(parts) or "body", message
 
 
 def invalid_request(exc: ValidationError) -> InvalidRequest:
