@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from cio_relay.cio.backend import Item
-from cio_relay.cio.transport import Response, Transport
+from cio_relay.cio.base import CredentialedClient
+from cio_relay.cio.transport import Transport
 from cio_relay.credentials import Credentials, CredentialsProvider
 from cio_relay.errors import CustomerIOError, InvalidRequest, PayloadTooLarge
 from cio_relay.models import MAX_BATCH_BYTES, MAX_CALL_BYTES, describe
@@ -86,7 +87,7 @@ def batch_body(encoded: Iterable[bytes]) -> bytes:
     return b'{"batch":[' + b",".join(encoded) + b"]}"
 
 
-class PipelinesClient:
+class PipelinesClient(CredentialedClient):
     """identify/track/page/screen/group/alias/batch against cdp(-eu).customer.io with Basic auth.
 
     Every request carries `X-Strict-Mode: 1`; without it Customer.io answers 200 to invalid payloads
@@ -99,21 +100,13 @@ class PipelinesClient:
     max_request_bytes = MAX_BATCH_BYTES
 
     def __init__(self, transport: Transport, credentials: CredentialsProvider, settings: Settings) -> None:
-        self._transport = transport
-        self._credentials = credentials
-        self._settings = settings
-
-    def _post(self, path: str, body: bytes) -> Response:
-        def send(credentials: Credentials) -> Response:
-            return self._transport.request(
-                "POST",
-                f"{self._settings.pipelines_base(credentials.region)}{path}",
-                what=f"POST {path}",
-                headers={"Authorization": credentials.pipelines_authorization(), "X-Strict-Mode": "1"},
-                body=body,
-            )
-
-        return self._credentials.with_refresh(send)
+        super().__init__(
+            transport,
+            credentials,
+            base_url=settings.pipelines_base,
+            authorization=Credentials.pipelines_authorization,
+            extra_headers={"X-Strict-Mode": "1"},
+        )
 
     def send(self, call: dict[str, Any]) -> None:
         """Send one call to its own endpoint (/v1/<type>); InvalidRequest/PayloadTooLarge before sending."""

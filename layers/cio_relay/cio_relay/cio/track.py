@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cio_relay.cio.backend import Item
+from cio_relay.cio.base import CredentialedClient
 from cio_relay.cio.transport import MAX_MESSAGE_CHARS, Response, Transport
 from cio_relay.credentials import Credentials, CredentialsProvider
 from cio_relay.errors import CustomerIOError, InvalidRequest, Permanent, Retryable, Unsupported
@@ -228,7 +229,7 @@ def refused_items(response: Response, size: int) -> dict[int, CustomerIOError]:
     return refused
 
 
-class TrackClient:
+class TrackClient(CredentialedClient):
     """Track API requests with Basic site_id:track_api_key against track(-eu).customer.io."""
 
     name = BACKEND
@@ -236,21 +237,12 @@ class TrackClient:
     max_request_bytes = MAX_BATCH_BYTES
 
     def __init__(self, transport: Transport, credentials: CredentialsProvider, settings: Settings) -> None:
-        self._transport = transport
-        self._credentials = credentials
-        self._settings = settings
-
-    def _post(self, path: str, body: bytes) -> Response:
-        def send(credentials: Credentials) -> Response:
-            return self._transport.request(
-                "POST",
-                f"{self._settings.track_base(credentials.region)}{path}",
-                what=f"POST {path}",
-                headers={"Authorization": credentials.track_authorization()},
-                body=body,
-            )
-
-        return self._credentials.with_refresh(send)
+        super().__init__(
+            transport,
+            credentials,
+            base_url=settings.track_base,
+            authorization=Credentials.track_authorization,
+        )
 
     def item(self, call: dict[str, Any]) -> Item:
         return to_item(call)
