@@ -125,11 +125,18 @@ class Queues:
         return answer["MessageId"]
 
     def send_many(self, queue_url: str, bodies: Sequence[str]) -> list[str]:
-        """Store many messages with SendMessageBatch (10 entries and 256 KB per call), in order.
+        """Store many messages with SendMessageBatch (10 entries and 256 KB per call), in order; a
+        single message with SendMessage (SQS's own retries stand in for re-sending a refused entry).
 
         Entries SQS refused are sent again (SEND_ATTEMPTS in all). If some still fail, raises
         PartlyQueued naming the positions that were stored, so the caller can say which are queued.
         """
+        if len(bodies) == 1:  # one call (identify, track, ...): SendMessage costs less CPU than a batch
+            try:
+                return [self.client.send_message(QueueUrl=queue_url, MessageBody=bodies[0])["MessageId"]]
+            except AWS_ERRORS as exc:
+                logger.error("enqueue failed", extra={"error": type(exc).__name__})
+                raise _partly(1, {}) from exc
         ids: dict[int, str] = {}
         complete = True
         for chunk in _chunks(list(enumerate(bodies))):
