@@ -385,6 +385,7 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+@collector_paused()  # the collector is paused for the whole of each call
 def process_batch(
     event: dict[str, Any],
     context: LambdaContext,
@@ -400,28 +401,6 @@ def process_batch(
     `deliver` returns an outcome per messageId: None for delivered, or the exception it failed with.
     A record it did not report is treated as not attempted and comes back from the queue.
     """
-    with collector_paused():
-        return _process(
-            event,
-            context,
-            deliver=deliver,
-            settings=settings,
-            queues=queues,
-            queue_url=queue_url,
-            dlq_url=dlq_url,
-        )
-
-
-def _process(
-    event: dict[str, Any],
-    context: LambdaContext,
-    *,
-    deliver: Deliver,
-    settings: Settings,
-    queues: Queues,
-    queue_url: str | None,
-    dlq_url: str | None,
-) -> PartialItemFailureResponse:
     records = [SQSRecord(raw) for raw in event["Records"]]
     deadline = Deadline(context, settings.connect_timeout + settings.read_timeout, records=len(records))
     outcomes = deliver(records, deadline)
