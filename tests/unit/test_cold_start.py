@@ -67,3 +67,47 @@ def test_cold_import_leaves_out_what_the_function_never_needs(function: str) -> 
     # THEN the handler is there, and none of the modules this function never uses was imported
     assert "cio_relay.delivery" in loaded
     assert loaded.isdisjoint(NEVER_NEEDED[function]), sorted(loaded & NEVER_NEEDED[function])
+
+
+# Models of routes an invocation may never take, built by their first request instead of at import.
+BUILT_ON_FIRST_USE = {
+    "email": {"cio_relay.models.push.SendPush", "cio_relay.models.sms.SendSMS"},
+}
+
+BUILT_PROBE = (
+    PROBE.replace("print(json.dumps(sorted(sys.modules)))", "")
+    + """
+names = json.loads(sys.argv[2])
+built = {}
+for name in names:
+    module, _, cls = name.rpartition(".")
+    built[name] = getattr(sys.modules[module], cls).__pydantic_complete__
+print(json.dumps(built))
+"""
+)
+
+
+@pytest.mark.parametrize("function", sorted(BUILT_ON_FIRST_USE))
+def test_cold_import_leaves_the_models_of_other_routes_unbuilt(function: str) -> None:
+    # GIVEN a fresh interpreter
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "cio_relay"), str(ROOT)]),
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    names = sorted(BUILT_ON_FIRST_USE[function])
+    # WHEN it imports the function's handler module
+    done = subprocess.run(
+        [sys.executable, "-c", BUILT_PROBE, str(ROOT / "functions" / function / "app.py"), json.dumps(names)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    built = json.loads(done.stdout.strip().splitlines()[-1])
+
+    # THEN those models are not built yet (their first request builds them)
+    assert built == dict.fromkeys(names, False)

@@ -12,7 +12,7 @@ from cio_relay.models.email import TemplateId, Transactional
 class CustomPayload(BaseModel):
     """Platform-specific payloads, forwarded as sent."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     ios: dict[str, Any] | None = None
     android: dict[str, Any] | None = None
@@ -20,6 +20,9 @@ class CustomPayload(BaseModel):
 
 class SendPush(Transactional):
     """Customer.io's transactional push request; `to` is `all` (default), `last_used` or a device token."""
+
+    # Built on first use (the first /v1/send/push request or EmailQueue push message), not at import.
+    model_config = ConfigDict(defer_build=True)  # merged with Transactional's
 
     transactional_message_id: TemplateId
     to: Annotated[str, Field(min_length=1)] | None = None
