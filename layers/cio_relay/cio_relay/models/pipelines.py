@@ -183,13 +183,13 @@ def wire_of(call: PipelinesCall, sent: dict[str, Any]) -> dict[str, Any]:
     return call.wire()
 
 
-class Batch(BaseModel):
-    """A /v1/batch body. `context` and `integrations` apply to every call in it."""
+class _BatchBody(BaseModel):
+    """What every /v1/batch body has: the calls, and `context` and `integrations` for all of them."""
 
     # Built on first use: EventsQueue bodies are single calls unless another producer sent a batch.
     model_config = ConfigDict(extra="allow", defer_build=True)
 
-    batch: list[Call] = Field(min_length=1, max_length=10_000)
+    batch: list[Any] = Field(min_length=1, max_length=10_000)
     context: dict[str, Any] | None = None
     integrations: dict[str, Any] | None = None
 
@@ -197,6 +197,12 @@ class Batch(BaseModel):
     @classmethod
     def _not_too_deep(cls, data: Any) -> Any:
         return shared_not_too_deep(data)
+
+
+class Batch(_BatchBody):
+    """A /v1/batch body. `context` and `integrations` apply to every call in it."""
+
+    batch: list[Call] = Field(min_length=1, max_length=10_000)
 
     def calls(self) -> list[dict[str, Any]]:
         """Each call's wire body with the batch-level context/integrations folded in (call keys win)."""
@@ -231,20 +237,9 @@ def refusal(index: int, error: Any) -> Refusal:
     return Refusal(index=index, field=where, message=message)
 
 
-class BatchRequest(BaseModel):
+class BatchRequest(_BatchBody):
     """A /v1/batch body as the API takes it: each call is checked on its own, so one bad call
     does not refuse the others (unless the caller asks for strict mode)."""
-
-    model_config = ConfigDict(extra="allow", defer_build=True)
-
-    batch: list[Any] = Field(min_length=1, max_length=10_000)
-    context: dict[str, Any] | None = None
-    integrations: dict[str, Any] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _not_too_deep(cls, data: Any) -> Any:
-        return shared_not_too_deep(data)
 
     def split(self) -> tuple[list[tuple[int, dict[str, Any]]], list[Refusal]]:
         """((index, wire body) of each valid call, a Refusal for each invalid one)."""
