@@ -444,28 +444,9 @@ def explain_url(
         return Report(lines)
     path = urlsplit(url).path
     if (method, path) in READS or method in ("GET", "HEAD"):
-        lines += probe(
-            sender,
-            api,
-            credentials,
-            url=url,
-            method=method,
-            body=None,
-            settings=settings,
-            label=api.label,
-        )
+        probe_url, probe_method, probe_body = url, method, None
     elif (method, path) in EMPTY_REFUSED:
-        body = EMPTY_REFUSED[(method, path)]
-        lines += probe(
-            sender,
-            api,
-            credentials,
-            url=url,
-            method=method,
-            body=body,
-            settings=settings,
-            label=api.label,
-        )
+        probe_url, probe_method, probe_body = url, method, EMPTY_REFUSED[(method, path)]
     else:
         probe_method, probe_path, probe_body = api.probe
         parts = urlsplit(url)
@@ -476,16 +457,17 @@ def explain_url(
             f"Not called: {shown} could change data; probing the credential with {probe_method} "
             f"{probe_path} instead."
         )
-        lines += probe(
-            sender,
-            api,
-            credentials,
-            url=base.rstrip("/") + probe_path,
-            method=probe_method,
-            body=probe_body,
-            settings=settings,
-            label=api.label,
-        )
+        probe_url = base.rstrip("/") + probe_path
+    lines += probe(
+        sender,
+        api,
+        credentials,
+        url=probe_url,
+        method=probe_method,
+        body=probe_body,
+        settings=settings,
+        label=api.label,
+    )
     return Report(lines)
 
 
