@@ -206,75 +206,79 @@ def pipelines_key_check(transport: Transport, settings: Settings, credentials: C
     """POST /v1/batch with an empty batch in strict mode: Customer.io checks the key first (401 when
     rejected), then refuses the empty batch with 400. A 400 therefore proves the key without creating
     any data; a 200 (strict mode not applied) is accepted as well, since an empty batch creates nothing."""
-    base = settings.pipelines_base(credentials.region)
-    host = urlsplit(base).hostname
-    started = time.perf_counter()
-    try:
-        response = transport.request(
-            "POST",
-            f"{base}/v1/batch",
-            what="POST /v1/batch",
-            headers={"Authorization": credentials.pipelines_authorization(), "X-Strict-Mode": "1"},
-            body=b'{"batch":[]}',
-        )
-    except AuthRejected as exc:
-        return Check(
-            False,
-            f"Pipelines key rejected by {host} ({exc.status}, {_ms(time.perf_counter() - started)})",
-            f"put {PIPELINES_KEY_HELP} in pipelines_api_key (a Track API key is not one); "
-            "an EU workspace needs region eu",
-        )
-    except Permanent as exc:
-        if exc.status == 400:
-            return Check(
-                True,
-                f"Pipelines key accepted (POST {host}/v1/batch with an empty strict-mode batch: 400 as "
-                f"expected, nothing created, {_ms(time.perf_counter() - started)})",
-            )
-        return _unreachable("Pipelines API", host, exc)
-    except CustomerIOError as exc:
-        return _unreachable("Pipelines API", host, exc)
-    return Check(
-        True,
-        f"Pipelines key accepted (POST {host}/v1/batch with an empty batch: {response.status}, "
-        f"nothing created, {_ms(response.elapsed)})",
+    return _empty_batch_check(
+        transport,
+        settings.pipelines_base(credentials.region),
+        "/v1/batch",
+        authorization=credentials.pipelines_authorization,
+        extra_headers={"X-Strict-Mode": "1"},
+        credential="Pipelines key",
+        api="Pipelines API",
+        empty="an empty strict-mode batch",
+        rejected_help=f"put {PIPELINES_KEY_HELP} in pipelines_api_key (a Track API key is not one); "
+        "an EU workspace needs region eu",
     )
 
 
 def track_key_check(transport: Transport, settings: Settings, credentials: Credentials) -> Check:
     """POST /api/v2/batch with an empty batch: Customer.io checks the credentials first (401 when
     rejected), then refuses the empty batch (400), so a 400 proves them without creating any data."""
-    base = settings.track_base(credentials.region)
+    return _empty_batch_check(
+        transport,
+        settings.track_base(credentials.region),
+        "/api/v2/batch",
+        authorization=credentials.track_authorization,
+        extra_headers={},
+        credential="Track API credentials",
+        api="Track API",
+        empty="an empty batch",
+        rejected_help="put the Site ID and API key of Settings > API credentials > Track API keys in site_id "
+        "and track_api_key (or a Pipelines key in pipelines_api_key); an EU workspace needs region eu",
+    )
+
+
+def _empty_batch_check(
+    transport: Transport,
+    base: str,
+    path: str,
+    *,
+    authorization: Callable[[], str],
+    extra_headers: Mapping[str, str],
+    credential: str,
+    api: str,
+    empty: str,
+    rejected_help: str,
+) -> Check:
+    """POST an empty batch to `base + path`: 401 is the credential rejected, 400 (or a 2xx) accepted."""
     host = urlsplit(base).hostname
     started = time.perf_counter()
     try:
         response = transport.request(
             "POST",
-            f"{base}/api/v2/batch",
-            what="POST /api/v2/batch",
-            headers={"Authorization": credentials.track_authorization()},
+            f"{base}{path}",
+            what=f"POST {path}",
+            headers={"Authorization": authorization(), **extra_headers},
             body=b'{"batch":[]}',
         )
     except AuthRejected as exc:
         return Check(
             False,
-            f"Track API credentials rejected by {host} ({exc.status}, {_ms(time.perf_counter() - started)})",
-            "put the Site ID and API key of Settings > API credentials > Track API keys in site_id and "
-            "track_api_key (or a Pipelines key in pipelines_api_key); an EU workspace needs region eu",
+            f"{credential} rejected by {host} ({exc.status}, {_ms(time.perf_counter() - started)})",
+            rejected_help,
         )
     except Permanent as exc:
         if exc.status == 400:
             return Check(
                 True,
-                f"Track API credentials accepted (POST {host}/api/v2/batch with an empty batch: 400 as "
+                f"{credential} accepted (POST {host}{path} with {empty}: 400 as "
                 f"expected, nothing created, {_ms(time.perf_counter() - started)})",
             )
-        return _unreachable("Track API", host, exc)
+        return _unreachable(api, host, exc)
     except CustomerIOError as exc:
-        return _unreachable("Track API", host, exc)
+        return _unreachable(api, host, exc)
     return Check(
         True,
-        f"Track API credentials accepted (POST {host}/api/v2/batch with an empty batch: {response.status}, "
+        f"{credential} accepted (POST {host}{path} with an empty batch: {response.status}, "
         f"nothing created, {_ms(response.elapsed)})",
     )
 
