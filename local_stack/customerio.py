@@ -48,7 +48,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import PurePosixPath
 from types import TracebackType
 from typing import Any, cast
@@ -56,6 +56,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from local_stack import customerio_track as track_rules
 from local_stack.customerio_workspace import DEFAULT_PEOPLE, FilterError, Workspace
+from local_stack.handlers import ServeEveryMethod
 
 __all__ = [
     "APIS",
@@ -459,11 +460,8 @@ class _Server(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _Handler(ServeEveryMethod):
     server_version = "FakeCustomerIO/1.0"
-    sys_version = ""
     # Error answers to unparsable request lines still get a status line (never an HTTP/0.9 reply).
     default_request_version = "HTTP/1.0"
     timeout = None
@@ -495,9 +493,6 @@ class _Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Protocol-level errors (bad request line, unknown method, ...) as JSON, then close."""
         self.close_connection = True
@@ -513,27 +508,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(payload)
         except OSError:
             pass
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def do_PATCH(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def do_HEAD(self) -> None:
-        self._serve()
-
-    def do_OPTIONS(self) -> None:
-        self._serve()
 
     # -- body reading ------------------------------------------------------------------------------
 

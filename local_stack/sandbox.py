@@ -24,6 +24,7 @@ from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from local_stack.customerio import CHAOS_KINDS, FakeCustomerIO, Fault, RecordedRequest
+from local_stack.handlers import QuietHandler
 
 MAX_CALLS_SHOWN = 500
 MAX_PEOPLE_SHOWN = 200
@@ -430,15 +431,9 @@ class _ClientGone(Exception):
     pass
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _Handler(QuietHandler, BaseHTTPRequestHandler):
     server_version = "cio-relay-sandbox"
-    sys_version = ""
     timeout = CONTROL_READ_TIMEOUT_SECONDS
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
 
     def handle(self) -> None:
         try:
