@@ -15,7 +15,6 @@ import base64
 import fnmatch
 import json
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from http.server import ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
-from local_stack.handlers import ServeEveryMethod
+from local_stack.handlers import Listening, ServeEveryMethod
 from local_stack.runtime import Invocation, summarize
 from local_stack.template import ApiRoute, ApiSpec, Authorizer
 
@@ -99,7 +98,7 @@ def render_gateway_response(
     return status, headers, body.encode()
 
 
-class ApiGateway:
+class ApiGateway(Listening):
     """Serves the API on host:port (0 = an ephemeral port) until stop()."""
 
     def __init__(
@@ -126,28 +125,11 @@ class ApiGateway:
         self._invoke = invoke
         self.api_key = api_key
         self._report = report
-        self._host = host
-        self._server = _Server((host, port), self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="local-api", daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://{self._host}:{self._server.server_port}"
+        self._listen(_Server((host, port), self), host, "local-api")
 
     @property
     def requires_api_key(self) -> bool:
         return any(r.api_key_required for r in self._routes)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread.is_alive():  # shutdown() would wait forever for a server never started
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-        self._server.server_close()
 
     # ---- one request -----------------------------------------------------------------------
     def handle(

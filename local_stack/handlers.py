@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from http.server import BaseHTTPRequestHandler
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
@@ -43,3 +44,31 @@ class ServeEveryMethod(QuietHandler):
 
     def do_OPTIONS(self) -> None:
         self._serve()
+
+
+class Listening:
+    """An HTTP server served on its own daemon thread, from `start()` until `stop()`."""
+
+    _host: str
+    _server: ThreadingHTTPServer
+    _thread: threading.Thread
+
+    def _listen(self, server: ThreadingHTTPServer, host: str, name: str) -> None:
+        self._host = host
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=name, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self._server.server_port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():  # shutdown() would wait forever for a server never started
+            self._server.shutdown()
+            self._thread.join(timeout=10)
+        self._server.server_close()

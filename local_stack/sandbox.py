@@ -24,7 +24,7 @@ from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from local_stack.customerio import CHAOS_KINDS, FakeCustomerIO, Fault, RecordedRequest
-from local_stack.handlers import QuietHandler
+from local_stack.handlers import Listening, QuietHandler
 
 MAX_CALLS_SHOWN = 500
 MAX_PEOPLE_SHOWN = 200
@@ -275,7 +275,7 @@ attribute (eq, exists), segment, and/or/not filters; deleted people disappear.</
 </body></html>"""
 
 
-class SandboxPage:
+class SandboxPage(Listening):
     """Serves the page, the JSON state and the control endpoints on host:port (0 = ephemeral)."""
 
     def __init__(
@@ -288,24 +288,7 @@ class SandboxPage:
     ) -> None:
         self.state = state
         self.sandbox = sandbox
-        self._host = host
-        self._server = _Server((host, port), self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="sandbox-page", daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://{self._host}:{self._server.server_port}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread.is_alive():  # shutdown() would wait forever for a server never started
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-        self._server.server_close()
+        self._listen(_Server((host, port), self), host, "sandbox-page")
 
     def control(self, action: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST /_sandbox/<action>; raises ControlError (400) on a bad request, LookupError (404)."""
