@@ -58,10 +58,12 @@ def _current(block: str) -> dict[str, str]:
 
 def main() -> int:
     if not FIGURES.exists():
+        # Not an error: `make figures` goes on to copy whatever else was measured (make bench's part).
         print(
-            f"make figures: {FIGURES.relative_to(ROOT)} does not exist: run make soak first", file=sys.stderr
+            f"make figures: no reliability figures yet ({FIGURES.relative_to(ROOT)}): run make soak "
+            "to measure them; docs/reliability.md left as it is"
         )
-        return 1
+        return 0
     missing = update()
     print(f"make figures: {DOC.relative_to(ROOT)} updated from {FIGURES.relative_to(ROOT)}")
     if missing:
