@@ -5,6 +5,10 @@ everything, and every SQS call takes 20 ms (an in-region figure). Every record m
 its backoff (or reach the DLQ with its reason on its last receive) before the invocation's 30 s are up:
 an invocation that times out leaves its records to come back at the queue's visibility timeout,
 without backoff, and to reach the DLQ without a reason.
+
+`make test` checks every record's outcome and that failure handling takes one SQS call per 10 records
+(which is what makes it fit); `make soak` runs the same scenario and also compares the invocation's
+elapsed time with the timeout, since `make test` holds no wall-clock assertion.
 """
 
 from __future__ import annotations
@@ -111,9 +115,18 @@ def big_event(n: int, receive_count: int) -> dict[str, Any]:
     return {"Records": records}
 
 
+@pytest.mark.parametrize(
+    "timed",
+    [
+        # make test: every record's outcome, in batched SQS calls (no assertion on elapsed time)
+        pytest.param(False, id="outcomes"),
+        # make soak: the same run must also end before the function timeout, on this machine's clock
+        pytest.param(True, id="timed", marks=pytest.mark.soak),
+    ],
+)
 @pytest.mark.parametrize("receive", ["first", "last"])
 def test_biggest_batch_with_customerio_down_settles_within_the_timeout(
-    receive: str, fake_cio: FakeCustomerIO, monkeypatch: pytest.MonkeyPatch
+    receive: str, timed: bool, fake_cio: FakeCustomerIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN the template's largest EventsBatchSize, its timeout and maxReceiveCount, Customer.io down
     # and 20 ms per SQS call
@@ -148,8 +161,9 @@ def test_biggest_batch_with_customerio_down_settles_within_the_timeout(
     elapsed = time.monotonic() - started
     left = context.get_remaining_time_in_millis() / 1000
 
-    # THEN it ended before the function timeout ...
-    assert left > 0, f"the invocation ran {elapsed:.1f} s, past its {timeout} s timeout"
+    # THEN (timed, under make soak) it ended before the function timeout ...
+    if timed:
+        assert left > 0, f"the invocation ran {elapsed:.1f} s, past its {timeout} s timeout"
     handles = {r["receiptHandle"] for r in event["Records"]}
     if receive == "first":
         # ... with every record reported and given its backoff (first receive: 0-30 s), 10 per call
