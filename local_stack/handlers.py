@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from abc import ABCMeta, abstractmethod
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -18,11 +19,12 @@ class QuietHandler(BaseHTTPRequestHandler):
         return
 
 
-class ServeEveryMethod(QuietHandler):
+class ServeEveryMethod(QuietHandler, metaclass=ABCMeta):
     """A handler that answers every method the same way: `_serve()` looks at `self.command`."""
 
+    @abstractmethod
     def _serve(self) -> None:
-        raise NotImplementedError
+        """Answer the request, whatever its method."""
 
     def do_GET(self) -> None:
         self._serve()
