@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,14 +40,15 @@ NEVER_NEEDED = {
 }
 
 
-def modules_after_import(function: str) -> set[str]:
+def probe(script: str, function: str, *args: str) -> Any:
+    """Run `script` in a fresh interpreter on the function's handler module; its last line, as JSON."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "cio_relay"), str(ROOT)]),
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, str(ROOT / "functions" / function / "app.py")],
+        [sys.executable, "-c", script, str(ROOT / "functions" / function / "app.py"), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -55,7 +57,11 @@ def modules_after_import(function: str) -> set[str]:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def modules_after_import(function: str) -> set[str]:
+    return set(probe(PROBE, function))
 
 
 @pytest.mark.parametrize("function", sorted(NEVER_NEEDED))
@@ -89,25 +95,9 @@ print(json.dumps(built))
 
 @pytest.mark.parametrize("function", sorted(BUILT_ON_FIRST_USE))
 def test_cold_import_leaves_the_models_of_other_routes_unbuilt(function: str) -> None:
-    # GIVEN a fresh interpreter
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "cio_relay"), str(ROOT)]),
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    # GIVEN a fresh interpreter / WHEN it imports the function's handler module
     names = sorted(BUILT_ON_FIRST_USE[function])
-    # WHEN it imports the function's handler module
-    done = subprocess.run(
-        [sys.executable, "-c", BUILT_PROBE, str(ROOT / "functions" / function / "app.py"), json.dumps(names)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    built = json.loads(done.stdout.strip().splitlines()[-1])
+    built = probe(BUILT_PROBE, function, json.dumps(names))
 
     # THEN those models are not built yet (their first request builds them)
     assert built == dict.fromkeys(names, False)
