@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.support import sqs_event
-
-EVENTS_QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:cio-relay-events"
-EMAIL_QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:cio-relay-email"
+# As CloudFormation names the stack's queue.
+EVENTS_QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:cio-relay-EventsQueue-4QX2Z7N1K8PL"
+# Lambda hands a function at most this much JSON per invocation (the synchronous payload limit): an SQS
+# event source mapping delivers fewer records than BatchSize when BatchSize of them would not fit.
+INVOKE_PAYLOAD_LIMIT = 6 * 1024 * 1024
+# Receipt handles in real Lambda SQS events are a few hundred characters: 324 to 432 in the public
+# examples we found. The bench gives every record one of the longest, so its events are as big as
+# the ones Lambda builds and the 6 MB limit falls where it would.
+RECEIPT_HANDLE_CHARS = 432
+# A message the relay's API side sent, as SQS records it: an IAM role session.
+SENDER_ID = "AROA3XFRBF23EXAMPLE1:cio-relay-EventsFunction-xJ3p8QwLm2Vd"
+EMAIL_QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:cio-relay-EmailQueue-8HD3M0V5R2TA"
 START = 1_760_000_000
 PLANS = ("free", "pro", "team", "enterprise")
 
@@ -48,9 +59,48 @@ def queue_body(event: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in event.items() if k != "unix_time"}, separators=(",", ":"))
 
 
+def lambda_record(body: str, index: int, queue_arn: str = EVENTS_QUEUE_ARN) -> dict[str, Any]:
+    """One record as Lambda's SQS event source mapping writes it, every field at a real length."""
+    seed = f"{queue_arn}/{index}".encode()
+    handle = base64.b64encode(hashlib.shake_256(seed).digest(RECEIPT_HANDLE_CHARS * 3 // 4)).decode()
+    sent = 1_700_000_000_000 + index
+    return {
+        "messageId": str(uuid.uuid4()),
+        "receiptHandle": handle,
+        "body": body,
+        "attributes": {
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": str(sent),
+            "SenderId": SENDER_ID,
+            "ApproximateFirstReceiveTimestamp": str(sent + 40),
+        },
+        "messageAttributes": {},
+        "md5OfBody": hashlib.md5(body.encode(), usedforsecurity=False).hexdigest(),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": queue_arn.split(":")[3],
+    }
+
+
 def events_batch(count: int) -> dict[str, Any]:
     """An SQS event of `count` EventsQueue records, as Lambda's event source mapping delivers it."""
-    return sqs_event([queue_body(e) for e in events(count)], queue_arn=EVENTS_QUEUE_ARN)
+    return {"Records": [lambda_record(queue_body(e), i) for i, e in enumerate(events(count))]}
+
+
+def event_bytes(event: dict[str, Any]) -> int:
+    """The size of the event as Lambda sends it (compact JSON)."""
+    return len(json.dumps(event, separators=(",", ":")).encode())
+
+
+def records_within(event: dict[str, Any], limit: int = INVOKE_PAYLOAD_LIMIT) -> int:
+    """How many of the event's records (from the first) make an event of at most `limit` bytes: what
+    Lambda hands the function when the queue holds at least that many."""
+    size, records = len(b'{"Records":[]}'), event["Records"]
+    for count, record in enumerate(records):
+        size += len(json.dumps(record, separators=(",", ":")).encode()) + (1 if count else 0)
+        if size > limit:
+            return count
+    return len(records)
 
 
 def email_body(i: int) -> str:
@@ -67,4 +117,4 @@ def email_body(i: int) -> str:
 
 def email_batch(count: int, offset: int = 0) -> dict[str, Any]:
     """An SQS event of `count` EmailQueue records with distinct payloads (so distinct idempotency keys)."""
-    return sqs_event([email_body(offset + i) for i in range(count)], queue_arn=EMAIL_QUEUE_ARN)
+    return {"Records": [lambda_record(email_body(offset + i), i, EMAIL_QUEUE_ARN) for i in range(count)]}

@@ -12,10 +12,13 @@ from typing import Any
 
 import pytest
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from cio_relay.cio import build_customerio
+from cio_relay.cio.pipelines import encode
 from cio_relay.delivery import collector_paused
-from cio_relay.forwarding import _CALL, parse_queue_message
+from cio_relay.forwarding import _CALL, _parse, parse_queue_message
 from cio_relay.limits import _plainly_within, problems
-from cio_relay.models.pipelines import wire_of
+from cio_relay.models.pipelines import MAX_CALL_BYTES, wire_of
+from cio_relay.settings import load_settings
 
 from bench.workload import events, queue_body
 from tests.support import sqs_event
@@ -51,6 +54,92 @@ def test_wire_of_is_what_wire_gives(sent: dict[str, Any]) -> None:
     # WHEN its wire body is taken the short way
     # THEN it is exactly the long way's
     assert wire_of(call, json.loads(json.dumps(sent))) == call.wire()
+
+
+# Bodies as producers write them, and whether each can be forwarded as it came (the text shortcut).
+BODIES: list[tuple[str, bool]] = [
+    *((queue_body(e), True) for e in events(4)),  # no messageId: one is derived and added
+    ('{"type":"identify","userId":"u","traits":{}}', True),  # no timestamp either: SentTimestamp added
+    ('{"type":"track","userId":"u","event":"x","messageId":"m-1","timestamp":"2026-01-01T00:00:00Z"}', True),
+    ('{\n  "type": "identify",\n  "userId": "u",\n  "traits": {"plan": "pro"}\n}\n  ', True),
+    ('{ "type" : "track" , "userId" : "u" , "event" : "x" }', True),
+    ('{"type":"identify","userId":"u","traits":{"q":"say \\"hi\\"","p":"a\\\\b","n":"1\\n2"}}', True),
+    ('{"type":"identify","userId":"u","traits":{"plan":"NaNa"}}', False),  # looks like NaN: the long way
+    ('{"type":"identify","userId":"u","traits":{"name":"Jos\\u00e9"}}', False),  # an escape: re-encoded
+    ('{"type":"track","userId":"u","event":"x","messageId":null,"timestamp":null}', False),  # sent as null
+    ('{"type":"identify","userId":42,"traits":{}}', False),  # validation makes the id a string
+    ('{"type":"identify","user_id":"u","traits":{}}', False),  # a field under its Python name
+    ('{"type":"track","userId":"u","event":"x","properties":{"a":NaN}}', False),
+    ('{"batch":[{"type":"identify","userId":"u"},{"type":"track","userId":"u","event":"x"}]}', False),
+]
+PIPELINES = build_customerio(
+    load_settings({"CUSTOMERIO_PIPELINES_API_KEY": "k", "CUSTOMERIO_PIPELINES_URL": "http://127.0.0.1:9"})
+).pipelines
+
+
+def refuse(constant: str) -> None:
+    raise AssertionError(f"{constant} is not JSON Customer.io can read")
+
+
+def record_of(body: str) -> SQSRecord:
+    return SQSRecord(sqs_event([body], queue_arn="arn:aws:sqs:us-east-1:123456789012:q")["Records"][0])
+
+
+@pytest.mark.parametrize(("body", "as_it_came"), BODIES, ids=lambda b: str(b)[:50])
+def test_a_call_forwarded_as_it_came_is_the_call_the_model_gives(body: str, as_it_came: bool) -> None:
+    # GIVEN an EventsQueue body, parsed for delivery the short way
+    record = record_of(body)
+    calls, _, text = _parse(record)
+
+    # WHEN its bytes for /v1/batch are made
+    sent = [PIPELINES.item(call, text if len(calls) == 1 else None).body for call in calls]
+
+    # THEN the producer's own text is used exactly when it is safe to
+    assert (text is not None) is as_it_came
+    # AND what goes to Customer.io is the long way's call: the model's serialisation of the body, with
+    # the messageId and timestamp the relay gives every call
+    for index, (call, wire) in enumerate(zip(calls, sent, strict=True)):
+        data = json.loads(body)
+        long_way = _CALL.validator.validate_python(data["batch"][index] if "batch" in data else data).wire()
+        long_way |= {"messageId": call["messageId"], "timestamp": call["timestamp"]}
+        assert json.loads(wire, parse_constant=refuse) == json.loads(encode(long_way)) == call
+
+
+def test_a_call_is_given_a_message_id_and_time_whichever_way_it_is_forwarded() -> None:
+    # GIVEN a plain body without messageId or timestamp
+    calls, _, text = _parse(record_of('{"type":"identify","userId":"u","traits":{}}'))
+
+    # THEN its text carries the same derived messageId and SentTimestamp as the call
+    assert text is not None
+    assert json.loads(text) == calls[0]
+    assert calls[0]["messageId"]
+    assert calls[0]["timestamp"] == "2023-11-14T22:13:20.000Z"
+
+
+def test_a_lone_surrogate_is_never_forwarded_as_it_came() -> None:
+    # GIVEN a body holding an escaped lone surrogate (valid JSON text, not valid Unicode)
+    calls, _, text = _parse(record_of('{"type":"identify","userId":"u","traits":{"x":"\\ud800"}}'))
+
+    # THEN it takes the long way, where encoding it refuses the call
+    assert text is None
+    with pytest.raises(UnicodeEncodeError):
+        PIPELINES.item(calls[0], text)
+
+
+def test_a_spacious_body_over_32_kb_is_sent_compact_when_that_fits() -> None:
+    # GIVEN a body over 32 KB only because of its indentation
+    traits = {f"t{k}": "x" * 900 for k in range(33)}
+    body = json.dumps({"type": "identify", "userId": "u", "messageId": "m", "traits": traits}, indent=400)
+    calls, _, text = _parse(record_of(body))
+    assert text is not None
+    assert len(text) > MAX_CALL_BYTES
+
+    # WHEN its bytes are made
+    item = PIPELINES.item(calls[0], text)
+
+    # THEN it is encoded compactly (within the limit), not refused
+    assert len(item.body) <= MAX_CALL_BYTES
+    assert json.loads(item.body) == calls[0]
 
 
 def test_a_queue_body_with_nan_is_forwarded_as_the_model_serialises_it() -> None:

@@ -21,8 +21,11 @@ class EventsBackend(Protocol):
     max_item_bytes: int
     max_request_bytes: int
 
-    def item(self, call: dict[str, Any]) -> Item:
-        """The call in this API's shape; InvalidRequest / Unsupported (naming the field) if it cannot be."""
+    def item(self, call: dict[str, Any], text: str | None = None) -> Item:
+        """The call in this API's shape; InvalidRequest / Unsupported (naming the field) if it cannot be.
+
+        `text`, when given, is the call's own JSON text (the same object as `call`): an API that takes
+        calls as they are may send it instead of encoding `call` again."""
         ...
 
     def send_batch(self, items: Sequence[bytes]) -> dict[int, CustomerIOError]:

@@ -143,8 +143,16 @@ class PipelinesClient(CredentialedClient):
         """POST already-encoded calls as one /v1/batch request (the caller packed them with `pack`)."""
         self._post("/v1/batch", batch_body(encoded))
 
-    def item(self, call: dict[str, Any]) -> Item:
-        """The call's /v1/batch bytes (already validated by the caller); PayloadTooLarge over 32 KB."""
+    def item(self, call: dict[str, Any], text: str | None = None) -> Item:
+        """The call's /v1/batch bytes (already validated by the caller); PayloadTooLarge over 32 KB.
+
+        `text` (the call's JSON as the producer wrote it) is sent as it is when it fits; otherwise, as
+        when there is none, the call is encoded compactly.
+        """
+        if text is not None:
+            raw = text.encode()
+            if len(raw) <= MAX_CALL_BYTES:
+                return Item(raw)
         encoded = encode(call)
         if len(encoded) > MAX_CALL_BYTES:
             raise PayloadTooLarge(f"call is {len(encoded)} bytes; Customer.io takes at most {MAX_CALL_BYTES}")

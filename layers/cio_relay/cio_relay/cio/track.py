@@ -244,8 +244,8 @@ class TrackClient(CredentialedClient):
             authorization=Credentials.track_authorization,
         )
 
-    def item(self, call: dict[str, Any]) -> Item:
-        return to_item(call)
+    def item(self, call: dict[str, Any], text: str | None = None) -> Item:
+        return to_item(call)  # the Track API's shapes differ from the call's: `text` is of no use
 
     def send_batch(self, items: Sequence[bytes]) -> dict[int, CustomerIOError]:
         """POST items as one /api/v2/batch request; returns the items Customer.io refused (by index)."""
