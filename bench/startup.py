@@ -36,6 +36,7 @@ IMPORT_HANDLER = """
 import sys, time
 t0, c0 = time.perf_counter(), time.process_time()
 import importlib.util
+sys.path.append(sys.argv[1].rsplit("/", 1)[0])  # the task root, as in Lambda
 spec = importlib.util.spec_from_file_location("app", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 sys.modules["app"] = module
@@ -56,6 +57,7 @@ def rss_mb():
             return next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) / 1024
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+sys.path.append(sys.argv[1].rsplit("/", 1)[0])  # the task root, as in Lambda
 spec = importlib.util.spec_from_file_location("app", sys.argv[1])
 app = importlib.util.module_from_spec(spec)
 sys.modules["app"] = app

@@ -231,6 +231,9 @@ def load_module(spec: FunctionSpec, module_path: str) -> ModuleType:
     )
     if module_name in sys.modules:
         return sys.modules[module_name]
+    task_root = str(spec.code_uri)
+    if task_root not in sys.path:  # as in Lambda: the handler's modules import their siblings
+        sys.path.append(task_root)
     file = spec.code_uri.joinpath(*module_path.split(".")).with_suffix(".py")
     module_spec = importlib.util.spec_from_file_location(module_name, file)
     if module_spec is None or module_spec.loader is None or not file.exists():

@@ -30,6 +30,9 @@ def load_function(name: str) -> ModuleType:
     module_name = f"cio_relay_function_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
+    task_root = str(ROOT / "functions" / name)
+    if task_root not in sys.path:  # as in Lambda: the handler's modules import their siblings
+        sys.path.append(task_root)
     spec = importlib.util.spec_from_file_location(module_name, ROOT / "functions" / name / "app.py")
     assert spec is not None
     assert spec.loader is not None

@@ -6,120 +6,44 @@ from __future__ import annotations
 # it names only in type hints (about 20 ms of every cold start; tests/unit/test_cold_start.py checks).
 from cio_relay.delivery import process_batch  # isort: split
 
-from typing import Annotated, Any
-from urllib.parse import unquote
+import gc
+import importlib
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from cio_relay.batches import accept_batch
-from cio_relay.cio import get_customerio
 from cio_relay.entry import route
 from cio_relay.forwarding import get_forwarder
-from cio_relay.http_api import (
-    PASS_THROUGH_ERRORS,
-    PIPELINES_ERRORS,
-    PIPELINES_NO_422,
-    QUEUED_ERRORS,
-    create_resolver,
-)
-from cio_relay.models.people import SearchFilter
-from cio_relay.models.pipelines import (
-    Alias,
-    BatchQueued,
-    BatchRequest,
-    Group,
-    Identify,
-    Page,
-    Queued,
-    Screen,
-    Track,
-    delete_person,
-)
 from cio_relay.observability import instrument
 from cio_relay.queues import Queues
 from cio_relay.settings import get_settings
 
-app = create_resolver(title="cio-relay events")
-
-QUEUED: dict[int, Any] = {
-    200: {"description": "queued on EventsQueue", "content": {"application/json": {"model": Queued}}},
-    **QUEUED_ERRORS,
-}
-PIPELINES: dict[int, Any] = {**QUEUED, **PIPELINES_ERRORS, 422: PIPELINES_NO_422}
-BATCH: dict[int, Any] = {
-    **PIPELINES,
-    200: {
-        "description": "the valid calls queued on EventsQueue; `refused` lists the others",
-        "content": {"application/json": {"model": BatchQueued}},
-    },
-}
-PASSED_THROUGH: dict[int, Any] = {
-    200: {
-        "description": "Customer.io's answer, as it sent it",
-        "content": {"application/json": {"schema": {"type": "object"}}},
-    },
-    **PASS_THROUGH_ERRORS,
-}
+if TYPE_CHECKING:
+    from cio_relay.http_api import RelayResolver
 
 
-@app.post("/v1/identify", responses=PIPELINES)
-def identify(call: Annotated[Identify, Body()]) -> Queued:
-    return get_forwarder().accept([call.wire()])
+@cache
+def api() -> RelayResolver:
+    """The REST resolver with its routes (events_api.py), built by the first API request.
+
+    A container that only handles EventsQueue batches never imports Powertools' event handler, the
+    OpenAPI machinery or the request models: about a tenth of the cold start.
+    """
+    # Beside this file: Lambda puts the function's directory (the task root) on sys.path.
+    resolver: RelayResolver = importlib.import_module("events_api").app
+    gc.freeze()  # as instrument() does for the cold start: built once, kept by the container
+    return resolver
 
 
-@app.post("/v1/track", responses=PIPELINES)
-def track(call: Annotated[Track, Body()]) -> Queued:
-    return get_forwarder().accept([call.wire()])
+def __getattr__(name: str) -> Any:
+    """`app`: the resolver, for what reads it from this module (the OpenAPI document, tests)."""
+    if name == "app":
+        return api()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@app.post("/v1/page", responses=PIPELINES)
-def page(call: Annotated[Page, Body()]) -> Queued:
-    return get_forwarder().accept([call.wire()])
-
-
-@app.post("/v1/screen", responses=PIPELINES)
-def screen(call: Annotated[Screen, Body()]) -> Queued:
-    return get_forwarder().accept([call.wire()])
-
-
-@app.post("/v1/group", responses=PIPELINES)
-def group(call: Annotated[Group, Body()]) -> Queued:
-    return get_forwarder().accept([call.wire()])
-
-
-@app.post("/v1/alias", responses=PIPELINES)
-def alias(call: Annotated[Alias, Body()]) -> Queued:
-    return get_forwarder().accept([call.wire()])
-
-
-@app.post("/v1/batch", responses=BATCH)
-def batch(
-    body: Annotated[BatchRequest, Body()],
-    strict_mode: Annotated[str | None, Header(alias="X-Strict-Mode")] = None,
-) -> BatchQueued:
-    strict = (strict_mode or "").strip() == "1"
-    return accept_batch(
-        body, strict=strict, forwarder=get_forwarder(), policy=get_settings().event_name_policy
-    )
-
-
-@app.delete("/v1/customers/<id>", responses=QUEUED)
-def delete_customer(id: Annotated[str, Path(min_length=1, max_length=1024)]) -> Queued:
-    return get_forwarder().accept([delete_person(unquote(id)).wire()])
-
-
-@app.post("/v1/customers", responses=PASSED_THROUGH)
-def search_people(
-    body: Annotated[SearchFilter, Body()],
-    start: Annotated[str | None, Query(max_length=1024)] = None,
-    limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
-) -> dict[str, Any]:
-    return get_customerio().app.search_people(body.filter, start=start, limit=limit)
-
-
-@app.get("/v1/segments", responses=PASSED_THROUGH)
-def list_segments() -> dict[str, Any]:
-    return get_customerio().app.list_segments()
+def resolve(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return api().resolve(event, context)
 
 
 def deliver_batch(event: dict[str, Any], context: LambdaContext) -> Any:
@@ -137,4 +61,4 @@ def deliver_batch(event: dict[str, Any], context: LambdaContext) -> Any:
 
 @instrument
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
-    return route(event, context, api=app.resolve, batch=deliver_batch)
+    return route(event, context, api=resolve, batch=deliver_batch)

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import importlib.util, json, sys
+sys.path.append(sys.argv[1].rsplit("/", 1)[0])  # the task root, as in Lambda
 spec = importlib.util.spec_from_file_location("app", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 sys.modules["app"] = module
@@ -34,8 +35,11 @@ ON_FIRST_USE = {
     "aws_lambda_powertools.utilities.batch",
     "aws_lambda_powertools.utilities.idempotency",
 }
+# EventsFunction's REST side (its routes, Powertools' event handler and OpenAPI machinery) is built by
+# its first API request: a container that only handles EventsQueue batches never imports it.
+API_ON_FIRST_REQUEST = {"events_api", "cio_relay.http_api", "aws_lambda_powertools.event_handler"}
 NEVER_NEEDED = {
-    "events": {PARSER_MODELS, "cio_relay.models.email", "aws_xray_sdk", *ON_FIRST_USE},
+    "events": {PARSER_MODELS, "cio_relay.models.email", "aws_xray_sdk", *ON_FIRST_USE, *API_ON_FIRST_REQUEST},
     "email": {PARSER_MODELS, "cio_relay.models.pipelines", "aws_xray_sdk", *ON_FIRST_USE},
 }
 
