@@ -329,6 +329,16 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _signal_state(pid: int) -> str:
+    """A process's name, state, parent and signal masks from /proc (what the stack's watch reads)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return f"{pid}: gone"
+    wanted = ("Name:", "State:", "PPid:", "SigPnd:", "ShdPnd:", "SigBlk:", "SigIgn:", "SigCgt:")
+    return f"{pid}: " + ", ".join(" ".join(line.split()) for line in lines if line.startswith(wanted))
+
+
 def test_kill_int_of_makes_pid_stops_the_stack_like_ctrl_c(tmp_path: Path) -> None:
     # GIVEN `make run` as a user starts it: make is the parent of the stack
     log = tmp_path / "make-run.log"
@@ -358,7 +368,10 @@ def test_kill_int_of_makes_pid_stops_the_stack_like_ctrl_c(tmp_path: Path) -> No
         try:
             make.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"make run still running after SIGINT:\n{log.read_text()}") from None
+            raise AssertionError(
+                f"make run still running after SIGINT; make {_signal_state(make.pid)}; the stack "
+                f"{[_signal_state(pid) for pid in stack_pids]}:\n{log.read_text()}"
+            ) from None
         output = log.read_text()
         assert "make was interrupted: stopping like Ctrl-C" in output
         assert output.rstrip().splitlines()[-1].startswith(("stopped", "make:")), output[-500:]
