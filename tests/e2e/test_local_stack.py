@@ -348,6 +348,7 @@ def test_kill_int_of_makes_pid_stops_the_stack_like_ctrl_c(tmp_path: Path) -> No
         make = subprocess.Popen(
             [*command, "ARGS=--port 0 --sandbox-port 0"],
             cwd=ROOT,
+            stdin=subprocess.DEVNULL,  # not the test worker's own stdin (xdist talks to it over that pipe)
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a signal to make's pid reaches make only, as with `kill -INT`
