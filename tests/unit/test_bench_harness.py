@@ -27,7 +27,15 @@ from bench.figures import END, START, copy_figures
 from bench.report import DATA_FILE, REPORT_FILE, ROOT, Header, render, write
 from bench.results import DASH, TIMES, Run, Section, Spread, at_least, at_most, over, paired, table
 from bench.sdks import SDKS
-from bench.workload import events, events_batch, queue_body
+from bench.workload import (
+    INVOKE_PAYLOAD_LIMIT,
+    RECEIPT_HANDLE_CHARS,
+    event_bytes,
+    events,
+    events_batch,
+    queue_body,
+    records_within,
+)
 
 
 def basic(user: str, password: str = "") -> str:
@@ -122,6 +130,30 @@ def test_workload_is_mixed_identify_track_and_valid_for_cio_relay() -> None:
         adapter.validate_python(json.loads(queue_body(event)))
     assert len(batch["Records"]) == 10
     assert {r["eventSource"] for r in batch["Records"]} == {"aws:sqs"}
+
+
+def test_bench_records_are_as_big_as_lambdas_and_the_big_event_is_what_fits_in_6_mb() -> None:
+    # GIVEN the bench's SQS event at BatchSize 10,000
+    every = events_batch(10_000)
+    record = every["Records"][0]
+
+    # THEN each record has every field Lambda writes, at a real length
+    assert len(record["receiptHandle"]) == RECEIPT_HANDLE_CHARS
+    assert set(record["attributes"]) == {
+        "ApproximateReceiveCount",
+        "SentTimestamp",
+        "SenderId",
+        "ApproximateFirstReceiveTimestamp",
+    }
+    assert len(record["md5OfBody"]) == 32
+    # AND 10,000 of them do not fit in one invocation: Lambda hands over the first ones that do
+    delivered = records_within(every)
+    assert event_bytes(every) > INVOKE_PAYLOAD_LIMIT
+    assert 0 < delivered < 10_000
+    assert event_bytes({"Records": every["Records"][:delivered]}) <= INVOKE_PAYLOAD_LIMIT
+    assert event_bytes({"Records": every["Records"][: delivered + 1]}) > INVOKE_PAYLOAD_LIMIT
+    # AND a smaller event is delivered whole
+    assert records_within(events_batch(100)) == 100
 
 
 def test_run_gives_events_per_second_and_cpu_per_event_of_each_timed_run() -> None:
