@@ -56,6 +56,11 @@ module, attribute = sys.argv[1].rsplit(".", 1)
 handler = getattr(importlib.import_module(module), attribute)
 assert callable(handler), sys.argv[1]
 at_import = sorted(sys.modules)
+# The function's other modules (imported on first use, e.g. EventsFunction's events_api on its first
+# API request) must import here too: the working directory is the function's code, as /var/task is.
+import pathlib
+for path in sorted(pathlib.Path(".").glob("*.py")):
+    importlib.import_module(path.stem)
 if sys.argv[2] == "layer":
     import pkgutil, cio_relay
     for info in pkgutil.walk_packages(cio_relay.__path__, "cio_relay."):
@@ -182,7 +187,8 @@ def test_function_imports_with_only_the_layer_and_the_runtime(
         not uses_layer(spec)
     )
 
-    # WHEN a fresh interpreter imports its handler (and, for layer users, every layer module)
+    # WHEN a fresh interpreter imports its handler, its other modules (and, for layer users, every
+    # layer module)
     module, _, attribute = spec.handler.partition(".")
     probe = subprocess.run(
         [str(layer_python), "-s", "-c", PROBE, f"{module}.{attribute}", "layer" if uses_layer(spec) else ""],
