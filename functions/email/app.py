@@ -7,67 +7,45 @@ from __future__ import annotations
 # it names only in type hints (about 20 ms of every cold start; tests/unit/test_cold_start.py checks).
 from cio_relay.delivery import Deadline, Outcomes, process_batch  # isort: split
 
-from http import HTTPStatus
-from typing import Annotated, Any
+import gc
+import importlib
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.event_handler import Response, content_types
-from aws_lambda_powertools.event_handler.openapi.params import Body, Header
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from cio_relay.entry import route
-from cio_relay.http_api import create_resolver, error_responses
-from cio_relay.models.email import MAX_BODY_BYTES, Deferred, SendEmail, SendResult, Transactional
-from cio_relay.models.push import SendPush
-from cio_relay.models.sms import SendSMS
 from cio_relay.observability import instrument
 from cio_relay.queues import Queues
 from cio_relay.settings import get_settings
-from cio_relay.transactional import IDEMPOTENCY_HEADER, REPLAYED_HEADER, deliver, get_mailer
+from cio_relay.transactional import deliver
 
-app = create_resolver(title="cio-relay transactional messages", max_inflated_bytes=MAX_BODY_BYTES)
-
-ANSWERS: dict[int, Any] = {
-    200: {
-        "description": f"sent (or, with header {REPLAYED_HEADER}: true, the first send's answer again)",
-        "content": {"application/json": {"model": SendResult}},
-    },
-    202: {
-        "description": "deferred to EmailQueue, or parked in the dead-letter queue (outcome unknown)",
-        "content": {"application/json": {"model": Deferred}},
-    },
-    **error_responses(400, 403, 409, 413, 415, 422, 503),
-}
-IdempotencyKey = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)]
+if TYPE_CHECKING:
+    from cio_relay.http_api import RelayResolver
 
 
-def answer(channel: str, request: Transactional, key: str | None) -> Response[SendResult | Deferred]:
-    sent = get_mailer().send(channel, request, key=key, context=app.lambda_context)
-    status = HTTPStatus.ACCEPTED if isinstance(sent, Deferred) else HTTPStatus.OK
-    headers = {REPLAYED_HEADER: "true"} if isinstance(sent, SendResult) and sent.replayed else None
-    return Response(
-        status_code=status, content_type=content_types.APPLICATION_JSON, body=sent, headers=headers
-    )
+@cache
+def api() -> RelayResolver:
+    """The REST resolver with its routes (email_api.py), built by the first API request.
+
+    A container that only handles EmailQueue batches never imports Powertools' event handler, the
+    OpenAPI machinery or the request models of the routes.
+    """
+    # Beside this file: Lambda puts the function's directory (the task root) on sys.path.
+    resolver: RelayResolver = importlib.import_module("email_api").app
+    gc.freeze()  # as instrument() does for the cold start: built once, kept by the container
+    return resolver
 
 
-@app.post("/v1/send/email", responses=ANSWERS)
-def send_email(
-    request: Annotated[SendEmail, Body()], idempotency_key: IdempotencyKey = None
-) -> Response[SendResult | Deferred]:
-    return answer("email", request, idempotency_key)
+def __getattr__(name: str) -> Any:
+    """`app`: the resolver, for what reads it from this module (the OpenAPI document, tests)."""
+    if name == "app":
+        return api()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@app.post("/v1/send/push", responses=ANSWERS)
-def send_push(
-    request: Annotated[SendPush, Body()], idempotency_key: IdempotencyKey = None
-) -> Response[SendResult | Deferred]:
-    return answer("push", request, idempotency_key)
-
-
-@app.post("/v1/send/sms", responses=ANSWERS)
-def send_sms(
-    request: Annotated[SendSMS, Body()], idempotency_key: IdempotencyKey = None
-) -> Response[SendResult | Deferred]:
-    return answer("sms", request, idempotency_key)
+def resolve(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return api().resolve(event, context)
 
 
 def deliver_batch(event: dict[str, Any], context: LambdaContext) -> Any:
@@ -89,4 +67,4 @@ def deliver_batch(event: dict[str, Any], context: LambdaContext) -> Any:
 
 @instrument
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
-    return route(event, context, api=app.resolve, batch=deliver_batch)
+    return route(event, context, api=resolve, batch=deliver_batch)
