@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import pip_install
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CACHE = ROOT / ".cache" / "sdk"
@@ -77,7 +79,7 @@ def run(command: list[str], cwd: Path | None = None) -> None:
 
 
 def python_sdk(name: str) -> Installed:
-    """python -m venv + pip install -r tests/sdk/requirements-<name>.txt, unless already done."""
+    """python -m venv + tests/sdk/requirements-<name>.txt installed (uv, else pip), unless already done."""
     started = time.monotonic()
     requirements = HERE / f"requirements-{name}.txt"
     venv = CACHE / f"{name}-{digest(requirements)}"
@@ -85,18 +87,9 @@ def python_sdk(name: str) -> Installed:
     with locked(name):
         if not (venv / ".installed").exists():
             run([sys.executable, "-m", "venv", "--clear", str(venv)])
-            run(
-                [
-                    str(python),
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "-r",
-                    str(requirements),
-                ]
-            )
+            failed = pip_install(python, [requirements])
+            if failed:
+                raise RuntimeError(failed)
             (venv / ".installed").write_text(requirements.read_text())
     return Installed(name, python, None, time.monotonic() - started)
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from local_stack.template import FunctionSpec, Resolver, Template
-from tests.support import ROOT
+from tests.support import ROOT, pip_install
 
 LAYER = ROOT / "layers" / "cio_relay"
 LAYER_REQUIREMENTS = LAYER / "requirements.txt"
@@ -122,14 +122,8 @@ def layer_python() -> Path:
             env = _python_env()
             subprocess.run([python, "-m", "venv", str(venv)], check=True, env=env)
             pip = [str(venv / "bin" / "python"), "-m", "pip"]
-            install = subprocess.run(
-                [*pip, "install", "--quiet", "-r", str(LAYER_REQUIREMENTS), "-r", str(RUNTIME_REQUIREMENTS)],
-                capture_output=True,
-                text=True,
-                env=env,
-                check=False,
-            )
-            assert install.returncode == 0, f"the layer's requirements do not install:\n{install.stderr}"
+            failed = pip_install(venv / "bin" / "python", [LAYER_REQUIREMENTS, RUNTIME_REQUIREMENTS], env=env)
+            assert not failed, f"the layer's requirements do not install:\n{failed}"
             check = subprocess.run([*pip, "check"], capture_output=True, text=True, env=env, check=False)
             assert check.returncode == 0, f"the layer's requirements conflict:\n{check.stdout}"
             (venv / ".complete").touch()
