@@ -36,7 +36,8 @@ ON_FIRST_USE = {
     "aws_lambda_powertools.utilities.idempotency",
 }
 # Each function's REST side (its routes, Powertools' event handler and OpenAPI machinery) is built by
-# its first API request (app.api()): a container that only handles queue batches never imports it.
+# its first API request (cio_relay.entry.RestSide): a container that only handles queue batches never
+# imports it.
 API_ON_FIRST_REQUEST = {"cio_relay.http_api", "aws_lambda_powertools.event_handler"}
 NEVER_NEEDED = {
     "events": {
@@ -104,7 +105,7 @@ BUILT_ON_FIRST_USE = {
 BUILT_PROBE = (
     PROBE.replace("print(json.dumps(sorted(sys.modules)))", "")
     + """
-module.api()  # the REST side, as the first API request builds it
+module.rest.resolver()  # the REST side, as the first API request builds it
 names = json.loads(sys.argv[2])
 built = {}
 for name in names:
