@@ -227,9 +227,6 @@ class _Record:
         self.items: list[Item | None] = []
         self.results: list[BaseException | None] = []
 
-    def where(self, index: int) -> str:
-        return f"batch.{index}." if self.batch else ""
-
     def outcome(self) -> BaseException | None:
         """Delivered (None); retry (the first retryable error: the whole message comes back); or
         permanent: the message when every call was refused, else only its refused calls."""
@@ -365,7 +362,7 @@ class Forwarder:
         names, limits = self._settings.event_name_policy, self._settings.limits_policy
         batch = record.batch
         for index, call in enumerate(record.calls):
-            prefix = f"batch.{index}." if batch else ""  # record.where(index), once per call
+            prefix = f"batch.{index}." if batch else ""  # where the call is, in a field's name
             try:
                 check_conventions(call, names, f"{prefix}event" if prefix else "event")
                 item = backend.item(call, text)
